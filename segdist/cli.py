@@ -1,0 +1,265 @@
+"""One entry point: `segdist synth|prepare|stats|show|demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+from segdist.sources.common import IGNORE_INDEX, DataError, parse_classes
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
+def _bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _ratios(text: str) -> dict[str, float]:
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if not value:
+            raise argparse.ArgumentTypeError(f"expected name=ratio, got '{part}'")
+        out[name.strip()] = float(value)
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from segdist.sources import synthetic
+
+    width, height = args.size or ((640, 480) if args.format == "coco" else (512, 256))
+    write = synthetic.write_synthetic_coco if args.format == "coco" else synthetic.write_synthetic_cityscapes
+    counts = write(Path(args.out), args.images, args.val_images, seed=args.seed, width=width, height=height)
+    print(f"wrote synthetic {args.format} to {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def _prepare_coco(args: argparse.Namespace) -> tuple[dict, object, list[str], list, dict, Counter]:
+    from segdist.sources import coco
+
+    data = coco.load_annotations(Path(args.annotations))
+    cats = coco.resolve_classes(parse_classes(args.classes), data["categories"])
+    specs, orphans = coco.build_specs(
+        data, Path(args.images), cats, crowd=args.crowd, keep_empty=args.keep_empty,
+        per_class=args.per_class, seed=args.seed,
+    )
+    splits = coco.split_by_ratio(specs, args.splits, args.seed) if args.splits else {args.split: specs}
+    classes = ["background"] + [c["name"] for c in cats]
+    opts = coco.CocoOptions(num_classes=len(classes), overlap=args.overlap, crowd=args.crowd)
+    source = {
+        "type": "coco", "images": args.images, "annotations": args.annotations,
+        "category_ids": [int(c["id"]) for c in cats], "overlap": args.overlap, "crowd": args.crowd,
+        "keep_empty": args.keep_empty, "per_class": args.per_class, "splits": args.splits, "seed": args.seed,
+    }
+    return splits, partial(coco.convert, opts=opts), classes, None, source, orphans
+
+
+def _prepare_cityscapes(args: argparse.Namespace) -> tuple:
+    from segdist.sources import cityscapes
+
+    specs = cityscapes.build_specs(Path(args.root), args.split)
+    opts = cityscapes.CityscapesOptions(image_format=args.image_format)
+    source = {"type": "cityscapes", "root": args.root, "split": args.split, "image_format": args.image_format}
+    convert = partial(cityscapes.convert, opts=opts)
+    return {args.split: specs}, convert, cityscapes.CLASSES, cityscapes.PALETTE, source, Counter()
+
+
+def _prepare_folder(args: argparse.Namespace) -> tuple:
+    from segdist.sources import folder
+
+    classes = parse_classes(args.classes)
+    palette = folder.load_palette(Path(args.palette), classes) if args.palette else None
+    specs, unpaired = folder.build_specs(Path(args.images), Path(args.masks), args.mask_suffix)
+    opts = folder.FolderOptions(
+        num_classes=len(classes), source_ignore=args.ignore_index, unknown_to_ignore=args.unknown_to_ignore,
+        palette=tuple(tuple(c) for c in palette) if palette else None,
+    )
+    source = {
+        "type": "folder", "images": args.images, "masks": args.masks, "mask_suffix": args.mask_suffix,
+        "source_ignore_index": args.ignore_index, "unknown_to_ignore": args.unknown_to_ignore, "palette": palette,
+    }
+    return {args.split: specs}, partial(folder.convert, opts=opts), classes, palette, source, unpaired
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from segdist.shards import write_dataset
+    from segdist.viz import default_palette
+
+    build = {"coco": _prepare_coco, "cityscapes": _prepare_cityscapes, "folder": _prepare_folder}[args.source]
+    splits, convert, classes, palette, source, unpaired = build(args)
+    out = Path(args.out)
+    manifest = write_dataset(
+        out, splits, convert, classes=classes, palette=palette or default_palette(len(classes)),
+        ignore_index=IGNORE_INDEX, source=source, workers=args.workers, address=args.address,
+        shard_size=args.shard_size, shard_bytes=args.shard_bytes, overwrite=args.overwrite,
+        unpaired=unpaired if args.source == "folder" else None,
+    )
+    print(f"\nprepared {out} ({len(classes)} classes)")
+    for split in splits:
+        rec = manifest["splits"][split]
+        line = f"  {split:<6} {rec['samples']:>6} samples  {len(rec['shards']):>4} shards"
+        if rec["skipped"]:
+            line += "  skipped: " + ", ".join(f"{k}={v}" for k, v in rec["skipped"].items())
+        if rec["dropped_annotations"]:
+            line += "  dropped annotations: " + ", ".join(f"{k}={v}" for k, v in rec["dropped_annotations"].items())
+        print(line)
+    if args.source == "coco" and unpaired:
+        print("  annotations pointing at no image: " + ", ".join(f"{k}={v}" for k, v in unpaired.items()))
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from segdist.manifest import read_manifest, stats_table
+    from segdist.viz import class_histogram
+
+    shard_dir = Path(args.dir)
+    manifest = read_manifest(shard_dir)
+    splits = [args.split] if args.split else list(manifest["splits"])
+    for split in splits:
+        if split not in manifest["splits"]:
+            raise DataError(f"{shard_dir} has no split '{split}'; it has {sorted(manifest['splits'])}")
+        rec = manifest["splits"][split]
+        print(stats_table(manifest, split) + "\n")
+        png = Path(args.out or shard_dir) / f"class_hist_{split}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        class_histogram(manifest["classes"], rec["class_pixels"], rec["class_images"], png, f"{shard_dir.name} {split}")
+        print(f"class histogram: {png}")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    from segdist.manifest import read_manifest, shard_paths
+    from segdist.viz import colorize, overlay, panel, save_png
+
+    shard_dir = Path(args.dir)
+    manifest = read_manifest(shard_dir)
+    urls = [str(p) for p in shard_paths(shard_dir, manifest, args.split)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        if written >= args.n:
+            break
+        image_bytes = sample.get("jpg") or sample.get("png")
+        rgb = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+        label = np.asarray(Image.open(io.BytesIO(sample["seg.png"])))
+        colour = colorize(label, manifest["palette"], manifest["ignore_index"])
+        save_png(panel(rgb, colour, overlay(rgb, colour, label)), out / f"{sample['__key__']}.png")
+        written += 1
+    print(f"wrote {written} image | mask | overlay panels to {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from segdist.manifest import read_manifest, stats_table
+    from segdist.sources.synthetic import write_synthetic_coco
+
+    shards = Path(args.workdir)
+    raw = shards.with_name(shards.name + "_raw")
+    print(f"[1/2] synthetic COCO -> {raw}")
+    write_synthetic_coco(raw, args.images, seed=0)
+    print(f"[2/2] segdist prepare coco (Ray) -> {shards}")
+    common = ["--classes", "person,bicycle,car", "--out", str(shards), "--shard-size", "64", "--overwrite"]
+    for split in ("train", "val"):
+        main(["prepare", "coco", "--images", str(raw / split), "--annotations",
+              str(raw / "annotations" / f"instances_{split}.json"), "--split", split, *common])
+    manifest = read_manifest(shards)
+    for split in manifest["splits"]:
+        print("\n" + stats_table(manifest, split))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segdist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in a real format (COCO or Cityscapes)")
+    p.add_argument("format", choices=["coco", "cityscapes"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, required=True, help="training images")
+    p.add_argument("--val-images", type=int, default=None, help="validation images (default images/4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_size, default=None, help="WxH (default 640x480 COCO, 512x256 Cityscapes)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="convert a dataset into WebDataset shards with Ray")
+    src = p.add_subparsers(dest="source", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="dataset directory, e.g. shards/NAME")
+    common.add_argument("--workers", type=int, default=None, help="Ray tasks at once (default: all cores)")
+    common.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
+    common.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    common.add_argument("--shard-bytes", type=_bytes, default=None, help="also cap shard size, e.g. 512MB")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
+
+    c = src.add_parser("coco", parents=[common], help="COCO instances JSON + images")
+    c.add_argument("--images", required=True)
+    c.add_argument("--annotations", required=True)
+    c.add_argument("--classes", required=True, help="comma-separated COCO names or ids; label = position")
+    group = c.add_mutually_exclusive_group()
+    group.add_argument("--split", default="train", help="split name for all selected images")
+    group.add_argument("--splits", type=_ratios, default=None, help="seeded ratio split, e.g. train=0.8,val=0.2")
+    c.add_argument("--per-class", type=int, default=None, help="at most N images per class (seeded)")
+    c.add_argument("--overlap", choices=["area", "order", "ignore"], default="area")
+    c.add_argument("--crowd", choices=["ignore", "label"], default="ignore")
+    c.add_argument("--keep-empty", action="store_true", help="keep images with no selected instance")
+
+    c = src.add_parser("cityscapes", parents=[common], help="Cityscapes leftImg8bit + gtFine (19 trainIds)")
+    c.add_argument("--root", required=True)
+    c.add_argument("--split", required=True, choices=["train", "val", "test"])
+    c.add_argument("--image-format", choices=["png", "jpeg"], default="png")
+
+    c = src.add_parser("folder", parents=[common], help="image folder + mask folder paired by stem")
+    c.add_argument("--images", required=True)
+    c.add_argument("--masks", required=True)
+    c.add_argument("--classes", required=True, help="comma-separated names; mask value = position")
+    c.add_argument("--split", default="train")
+    c.add_argument("--ignore-index", type=int, default=None, help="mask value meaning 'ignore' in the source")
+    c.add_argument("--unknown-to-ignore", action="store_true", help="out-of-range values/colours -> ignore")
+    c.add_argument("--palette", default=None, help="JSON colours per class, for RGB/RGBA masks")
+    c.add_argument("--mask-suffix", default="", help="mask stem = image stem + this")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("stats", help="print a dataset's class statistics and write a class histogram")
+    p.add_argument("dir")
+    p.add_argument("--split", default=None)
+    p.add_argument("--out", default=None, help="folder for the PNG (default: the dataset directory)")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("show", help="write image | mask | overlay PNGs read from the shards")
+    p.add_argument("dir")
+    p.add_argument("--split", default="train")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("demo", help="the built-in default job on synthetic data")
+    p.add_argument("--workdir", default="shards/demo")
+    p.add_argument("--images", type=int, default=200)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DataError as exc:
+        print(f"segdist: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Raw dataset formats turned into (image bytes, label map) samples."""

@@ -1,0 +1,85 @@
+"""Palettes, colour masks, overlays and the PNG charts people look at instead of tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """PASCAL VOC's bit-interleaved palette: background black, distinct colours after it."""
+    palette = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+def colorize(label: np.ndarray, palette: list[list[int]], ignore_index: int = 255) -> np.ndarray:
+    """HxW class ids -> HxWx3 uint8 colours; ignore pixels white, unknown ids grey."""
+    lut = np.full((max(len(palette), ignore_index + 1, int(label.max(initial=0)) + 1), 3), 128, np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    lut[ignore_index] = IGNORE_COLOUR
+    return lut[label]
+
+
+def overlay(rgb: np.ndarray, colour: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend colours over the image where the label is not background (class 0)."""
+    out = rgb.astype(np.float32)
+    fg = label != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colour[fg].astype(np.float32)
+    return out.round().astype(np.uint8)
+
+
+def panel(*images: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Images of equal height side by side, separated by white gaps."""
+    h = images[0].shape[0]
+    spacer = np.full((h, gap, 3), 255, np.uint8)
+    parts = []
+    for img in images:
+        parts += [img, spacer]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write an image atomically (temporary name, then rename)."""
+    import os
+
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def class_histogram(classes: list[str], pixels: list[int], images: list[int], path: Path, title: str = "") -> None:
+    """Bar charts of pixel share and image count per class, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    share = np.asarray(pixels, np.float64) / max(sum(pixels), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(classes) + 4), 4.5))
+    axes[0].bar(range(len(classes)), share * 100, color="tab:blue")
+    axes[0].set_ylabel("pixel share (%)")
+    axes[0].set_yscale("log")
+    axes[1].bar(range(len(classes)), images, color="tab:orange")
+    axes[1].set_ylabel("images containing the class")
+    for ax in axes:
+        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,146 @@
+"""Bad input: clear errors naming the file and the problem, or skipped and counted; never half-written."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import manifest, read_shards, square, write_coco
+from PIL import Image
+
+from segdist.sources.common import DataError
+
+
+def _tree(tmp_path, n=4, size=(40, 30)):
+    images = [{"id": i, "width": size[0], "height": size[1]} for i in range(1, n + 1)]
+    anns = [{"image_id": i, "category_id": 1, "segmentation": square(5, 5, 20, 20)} for i in range(1, n + 1)]
+    return write_coco(tmp_path, images, anns)
+
+
+def _coco(prepare, images, ann_file, out, *extra):
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person", "--out", out, *extra)
+
+
+def test_missing_corrupt_and_resized_images_are_skipped_and_counted(tmp_path, prepare):
+    images, ann_file = _tree(tmp_path, n=5)
+    (images / "000001.jpg").unlink()
+    data = (images / "000002.jpg").read_bytes()
+    (images / "000002.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    (images / "000003.jpg").write_bytes(b"not a jpeg at all")
+    Image.new("RGB", (41, 30)).save(images / "000004.jpg")  # differs from the JSON's 40x30
+    out = tmp_path / "out"
+    _coco(prepare, images, ann_file, out)
+    rec = manifest(out)["splits"]["train"]
+    assert rec["samples"] == 1
+    assert rec["skipped"] == {"corrupt_image": 2, "missing_image": 1, "size_mismatch": 1}
+    reasons = {key: reason for key, reason, _ in rec["skipped_examples"]}
+    assert reasons == {"000001": "missing_image", "000002": "corrupt_image", "000003": "corrupt_image",
+                       "000004": "size_mismatch"}
+    assert [s["key"] for s in read_shards(out, "train")] == ["000005"]
+
+
+@pytest.mark.parametrize("missing", ["images", "annotations", "categories"])
+def test_not_coco_json_names_the_missing_key(tmp_path, prepare, missing):
+    images, ann_file = _tree(tmp_path)
+    data = json.loads(ann_file.read_text())
+    del data[missing]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        _coco(prepare, images, ann_file, tmp_path / "out")
+    with pytest.raises(DataError, match=f"{ann_file}.*missing key '{missing}'"):
+        from segdist.sources.coco import load_annotations
+
+        load_annotations(ann_file)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_class_lists_available_names(tmp_path, prepare, capsys):
+    images, ann_file = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,zebra",
+                "--out", tmp_path / "out")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "class 'zebra' is not in the annotations; available: person, bicycle, car" in err
+
+
+def test_nothing_selected_writes_nothing(tmp_path, prepare, capsys):
+    images, ann_file = _tree(tmp_path)
+    with pytest.raises(SystemExit):
+        prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "car",
+                "--out", tmp_path / "out")
+    assert "nothing selected" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path, prepare, capsys):
+    images, ann_file = _tree(tmp_path)
+    out = tmp_path / "out"
+    _coco(prepare, images, ann_file, out)
+    before = (out / "train-000000.tar").read_bytes()
+    with pytest.raises(SystemExit):
+        _coco(prepare, images, ann_file, out, "--shard-size", "2")
+    assert "already holds split 'train'" in capsys.readouterr().err
+    assert (out / "train-000000.tar").read_bytes() == before
+    _coco(prepare, images, ann_file, out, "--shard-size", "2", "--overwrite")
+    assert sorted(p.name for p in out.glob("*.tar")) == ["train-000000.tar", "train-000001.tar"]
+    # another split goes into the same dataset directory without --overwrite
+    _coco(prepare, images, ann_file, out, "--split", "val")
+    assert set(manifest(out)["splits"]) == {"train", "val"}
+
+
+def test_folder_values_outside_class_range(tmp_path, prepare, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "mask").mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 8), (i, i, i)).save(tmp_path / "img" / f"f{i}.jpg")
+        mask = np.zeros((8, 16), np.uint8)
+        mask[0, :4] = 2
+        if i == 1:
+            mask[1, :3] = 7
+            mask[2, :2] = 9
+        Image.fromarray(mask).save(tmp_path / "mask" / f"f{i}.png")
+    args = ("folder", "--images", tmp_path / "img", "--masks", tmp_path / "mask", "--classes", "a,b,c")
+    with pytest.raises(SystemExit):
+        prepare(*args, "--out", tmp_path / "bad")
+    err = capsys.readouterr().err
+    assert "f1.png: mask values [7, 9] are outside the class range 0..2" in err
+    assert not (tmp_path / "bad").exists()
+
+    prepare(*args, "--out", tmp_path / "mapped", "--unknown-to-ignore")
+    labels = {s["key"]: s["label"] for s in read_shards(tmp_path / "mapped", "train")}
+    assert labels["f1"][1, 0] == 255 and labels["f1"][2, 0] == 255 and labels["f1"][0, 0] == 2
+
+
+def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, prepare, monkeypatch):
+    from segdist import shards
+
+    images, ann_file = _tree(tmp_path, n=20)
+    reference = tmp_path / "reference"
+    _coco(prepare, images, ann_file, reference, "--shard-size", "3")
+
+    real = shards.ordered_results
+
+    def interrupted(*args, **kwargs):
+        for i, result in enumerate(real(*args, **kwargs)):
+            if i == 10:
+                raise KeyboardInterrupt
+            yield result
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(shards, "ordered_results", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _coco(prepare, images, ann_file, out, "--shard-size", "3")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".train.progress.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert not (out / "dataset.json").exists()
+
+    # A different run into the interrupted directory is refused ...
+    with pytest.raises(SystemExit):
+        _coco(prepare, images, ann_file, out, "--shard-size", "4")
+    # ... the same one finishes the job, byte-identical to an uninterrupted run.
+    monkeypatch.setattr(shards, "ordered_results", real)
+    _coco(prepare, images, ann_file, out, "--shard-size", "3")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for tar in reference.glob("*.tar"):
+        assert (out / tar.name).read_bytes() == tar.read_bytes()
+    assert manifest(out)["splits"] == manifest(reference)["splits"]

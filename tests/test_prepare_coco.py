@@ -1,0 +1,217 @@
+"""`segdist prepare coco`: label maps checked against masks decoded independently with pycocotools."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import manifest, read_shards, shared_data, square, write_coco
+from pycocotools.coco import COCO
+
+CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
+
+
+@pytest.fixture(scope="module")
+def coco_mini_shards(tmp_path_factory, ray_cluster):
+    from helpers import run_cli
+
+    root = shared_data("coco-mini")
+    out = tmp_path_factory.mktemp("coco") / "mini"
+    for split in ("train", "val"):
+        run_cli("prepare", "coco", "--images", root / f"{split}2017",
+                "--annotations", root / "annotations" / f"instances_{split}2017.json",
+                "--classes", ",".join(CLASSES), "--split", split, "--out", out, "--shard-size", "32")
+    return root, out
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_coco_mini_labels_match_pycocotools(coco_mini_shards, split):
+    root, out = coco_mini_shards
+    coco = COCO(str(root / "annotations" / f"instances_{split}2017.json"))
+    cat_ids = coco.getCatIds(catNms=CLASSES)
+    label_of = {c["id"]: CLASSES.index(c["name"]) + 1 for c in coco.loadCats(cat_ids)}
+    expected_ids = {
+        a["image_id"] for a in coco.loadAnns(coco.getAnnIds(catIds=cat_ids)) if not a["iscrowd"]
+    }
+    samples = read_shards(out, split)
+    assert {s["meta"]["id"] for s in samples} == expected_ids
+    assert len(samples) == manifest(out)["splits"][split]["samples"]
+
+    checked_crowd = 0
+    for s in samples:
+        img = coco.loadImgs(s["meta"]["id"])[0]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"], catIds=cat_ids))
+        h, w = img["height"], img["width"]
+        cover = np.zeros((h, w), np.int32)
+        owner = np.zeros((h, w), np.int32)
+        crowd = np.zeros((h, w), bool)
+        for ann in anns:
+            m = coco.annToMask(ann).astype(bool)
+            if ann["iscrowd"]:
+                crowd |= m
+            else:
+                cover += m
+                owner[m] = label_of[ann["category_id"]]
+        label = s["label"]
+        assert label.shape == (h, w) and s["image"].shape == (h, w, 3)
+        single = (cover == 1) & ~crowd
+        assert np.array_equal(label[single], owner[single]), s["key"]
+        assert np.all(label[crowd] == 255), s["key"]
+        assert np.all(label[(cover == 0) & ~crowd] == 0), s["key"]
+        checked_crowd += int(crowd.any())
+        assert s["image_bytes"] == (root / f"{split}2017" / img["file_name"]).read_bytes()
+    assert checked_crowd > 0, "coco-mini has crowd regions on selected classes; the check must see some"
+
+
+def test_coco_mini_manifest(coco_mini_shards):
+    _, out = coco_mini_shards
+    m = manifest(out)
+    assert m["classes"] == ["background", *CLASSES]
+    assert m["ignore_index"] == 255 and len(m["palette"]) == len(CLASSES) + 1
+    for split, rec in m["splits"].items():
+        samples = read_shards(out, split)
+        assert rec["samples"] == len(samples) == sum(s["samples"] for s in rec["shards"])
+        pixels = np.zeros(len(CLASSES) + 1, np.int64)
+        images = np.zeros(len(CLASSES) + 1, np.int64)
+        for s in samples:
+            counts = np.bincount(s["label"].ravel(), minlength=256)
+            pixels += counts[: len(CLASSES) + 1]
+            images += counts[: len(CLASSES) + 1] > 0
+            assert s["meta"]["classes"] == np.flatnonzero(counts[: len(CLASSES) + 1]).tolist()
+        assert rec["class_pixels"] == pixels.tolist()
+        assert rec["class_images"] == images.tolist()
+        all_rgb = np.concatenate([s["image"].reshape(-1, 3) for s in samples]) / 255
+        # JPEGs are decoded at half scale for the statistics (see read_image)
+        np.testing.assert_allclose(rec["mean"], all_rgb.mean(0), rtol=2e-3)
+        np.testing.assert_allclose(rec["std"], all_rgb.std(0), rtol=2e-2)
+
+
+def _overlap_tree(tmp_path):
+    # A big person square, a small car square inside it, a bicycle square overlapping the person's
+    # corner, and a crowd person region given as uncompressed RLE.
+    crowd = np.zeros((60, 80), np.uint8, order="F")
+    crowd[50:58, 60:78] = 1
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    runs = _uncompressed_counts(crowd)
+    assert mask_utils.area(rle) == crowd.sum()
+    anns = [
+        {"image_id": 1, "category_id": 1, "segmentation": square(10, 10, 50, 50)},
+        {"image_id": 1, "category_id": 3, "segmentation": square(20, 20, 30, 30)},
+        {"image_id": 1, "category_id": 2, "segmentation": square(40, 40, 60, 55)},
+        {"image_id": 1, "category_id": 1, "segmentation": {"counts": runs, "size": [60, 80]}, "iscrowd": 1},
+    ]
+    return write_coco(tmp_path, [{"id": 1, "width": 80, "height": 60}], anns)
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    flat = mask.ravel(order="F")
+    counts, current, run = [], 0, 0
+    for v in flat:
+        if v != current:
+            counts.append(run)
+            current, run = v, 0
+        run += 1
+    counts.append(run)
+    return [int(c) for c in counts]
+
+
+@pytest.mark.parametrize(
+    "overlap,classes,car_region,corner_region",
+    [
+        ("area", "person,bicycle,car", "car", "bicycle"),  # smaller instances painted last stay visible
+        ("order", "person,bicycle,car", "car", "bicycle"),  # the later class in --classes wins
+        ("order", "car,bicycle,person", "person", "person"),
+        ("ignore", "person,bicycle,car", "ignore", "ignore"),  # claimed by two classes
+    ],
+)
+def test_overlap_policies(tmp_path, prepare, overlap, classes, car_region, corner_region):
+    images, ann_file = _overlap_tree(tmp_path)
+    out = tmp_path / "out"
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", classes,
+            "--overlap", overlap, "--out", out)
+    label_of = {name: i + 1 for i, name in enumerate(classes.split(","))} | {"ignore": 255}
+    (sample,) = read_shards(out, "train")
+    label = sample["label"]
+    assert np.all(label[22:28, 22:28] == label_of[car_region])
+    assert np.all(label[42:48, 42:48] == label_of[corner_region])  # person x bicycle
+    assert np.all(label[12:18, 12:18] == label_of["person"])  # person alone
+    assert np.all(label[52:54, 52:58] == label_of["bicycle"])  # bicycle alone
+    assert np.all(label[51:57, 62:76] == 255)  # crowd -> ignore
+    assert label[2, 2] == 0
+
+
+def test_crowd_label_mode(tmp_path, prepare):
+    images, ann_file = _overlap_tree(tmp_path)
+    out = tmp_path / "out"
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car",
+            "--crowd", "label", "--out", out)
+    (sample,) = read_shards(out, "train")
+    assert np.all(sample["label"][51:57, 62:76] == 1)
+    assert not np.any(sample["label"] == 255)
+
+
+def test_compressed_rle_polygon_clipping_and_degenerate(tmp_path, prepare):
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((60, 80), np.uint8)
+    m[5:15, 60:70] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    anns = [
+        {"image_id": 1, "category_id": 3, "segmentation": {"counts": rle["counts"].decode(), "size": [60, 80]}},
+        {"image_id": 1, "category_id": 1, "segmentation": square(-30, -30, 20, 20)},  # partly outside
+        {"image_id": 1, "category_id": 2, "segmentation": [[30, 30, 40, 40]]},  # 2 points: degenerate
+        {"image_id": 1, "category_id": 2, "segmentation": square(70, 50, 200, 200)},  # clipped to the corner
+    ]
+    images, ann_file = write_coco(tmp_path, [{"id": 1, "width": 80, "height": 60}], anns)
+    out = tmp_path / "out"
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car", "--out", out)
+    (sample,) = read_shards(out, "train")
+    label = sample["label"]
+    assert np.array_equal(label == 3, m.astype(bool))
+    assert np.all(label[0:19, 0:19] == 1) and not np.any(label[21:, :] == 1) and not np.any(label[:, 21:] == 1)
+    assert np.all(label[51:, 71:] == 2)
+    assert not np.any(label[29:41, 29:41] == 2)
+    assert manifest(out)["splits"]["train"]["dropped_annotations"] == {"degenerate_polygon": 1}
+
+
+def _many_images_tree(tmp_path, n=30):
+    images = [{"id": i, "width": 32, "height": 32} for i in range(1, n + 1)]
+    anns = []
+    for i in range(1, n + 1):
+        if i % 5 == 0:
+            continue  # empty image
+        anns.append({"image_id": i, "category_id": 1 + i % 3, "segmentation": square(2, 2, 20, 20)})
+    return write_coco(tmp_path, images, anns)
+
+
+def test_keep_empty_and_per_class(tmp_path, prepare):
+    images, ann_file = _many_images_tree(tmp_path)
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car",
+            "--out", tmp_path / "a")
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car",
+            "--keep-empty", "--out", tmp_path / "b")
+    assert manifest(tmp_path / "a")["splits"]["train"]["samples"] == 24
+    assert manifest(tmp_path / "b")["splits"]["train"]["samples"] == 30
+
+    for name in ("c", "d"):
+        prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car",
+                "--per-class", "3", "--seed", "7", "--out", tmp_path / name)
+    c = read_shards(tmp_path / "c", "train")
+    assert [s["key"] for s in c] == [s["key"] for s in read_shards(tmp_path / "d", "train")]
+    per_class = np.bincount([s["meta"]["classes"][-1] for s in c], minlength=4)
+    assert per_class.tolist() == [0, 3, 3, 3]
+
+
+def test_ratio_splits_are_seeded_and_disjoint(tmp_path, prepare):
+    images, ann_file = _many_images_tree(tmp_path)
+    args = ("coco", "--images", images, "--annotations", ann_file, "--classes", "person,bicycle,car",
+            "--splits", "train=0.5,val=0.25,test=0.25")
+    prepare(*args, "--out", tmp_path / "a")
+    prepare(*args, "--out", tmp_path / "b")
+    keys = {s: [x["key"] for x in read_shards(tmp_path / "a", s)] for s in ("train", "val", "test")}
+    assert [len(keys[s]) for s in keys] == [12, 6, 6]
+    assert len(set(sum(keys.values(), []))) == 24
+    for s in keys:
+        assert keys[s] == [x["key"] for x in read_shards(tmp_path / "b", s)]
+    assert json.loads((tmp_path / "a" / "dataset.json").read_text())["splits"].keys() == {"train", "val", "test"}
