@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 from segdist import __version__
@@ -203,7 +202,7 @@ class ShardWriter:
         self.out, self.split = out, split
         self.index = first_index
         self.max_samples, self.max_bytes = max_samples, max_bytes
-        self.tar: wds.TarWriter | None = None
+        self.tar = None
         self.samples = self.bytes = 0
 
     @property
@@ -219,6 +218,8 @@ class ShardWriter:
 
     def write(self, sample: Encoded) -> None:
         if self.tar is None:
+            import webdataset as wds  # imports torch: kept off the Ray workers, which never write
+
             self.stream = open(self.out / f".{self.name}.tmp", "wb")
             self.tar = wds.TarWriter(self.stream, encoder=False, mtime=0)
         self.tar.write({"__key__": sample.key, **sample.files})

@@ -1,0 +1,164 @@
+"""segdist prepare vs the hand-made pipeline it replaces, on the same synthetic COCO set.
+
+Baseline (as the prior reports built it): a multiprocessing.Pool over images; each worker opens
+the image with PIL, decodes every instance with pycocotools' annToMask, ORs them into per-class
+masks, paints them in class order, writes a PNG mask and copies the image file.
+
+segdist: `segdist prepare coco` with a freshly started local Ray (its start-up is included).
+Both use the same number of processes. Peak memory is the summed PSS (proportional set size,
+so pages shared between forked processes count once) of the benchmark process and all its
+children (Ray's raylet and workers, or the Pool workers), sampled every 50 ms.
+
+    python benchmarks/prepare.py                     # 500 and 2000 images, 2 processes
+    python benchmarks/prepare.py --images 500 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+CLASSES = ["person", "bicycle", "car"]
+_coco = None
+
+
+def _init_baseline(ann_file: str) -> None:
+    global _coco
+    from pycocotools.coco import COCO
+
+    _coco = COCO(ann_file)
+
+
+def _baseline_one(job: tuple[int, str, str]) -> bool:
+    image_id, image_dir, out_dir = job
+    info = _coco.loadImgs(image_id)[0]
+    src = Path(image_dir) / info["file_name"]
+    image = Image.open(src).convert("RGB")
+    label = np.zeros((image.height, image.width), np.uint8)
+    for value, cat_id in enumerate(_coco.getCatIds(catNms=CLASSES), 1):
+        anns = _coco.loadAnns(_coco.getAnnIds(imgIds=image_id, catIds=[cat_id], iscrowd=None))
+        if not anns:
+            continue
+        mask = np.zeros_like(label, dtype=bool)
+        for ann in anns:
+            mask |= _coco.annToMask(ann).astype(bool)
+        label[mask] = value
+    Image.fromarray(label).save(Path(out_dir) / "masks" / f"{src.stem}.png")
+    shutil.copy(src, Path(out_dir) / "images" / src.name)
+    return True
+
+
+def run_baseline(root: Path, out: Path, workers: int) -> int:
+    from pycocotools.coco import COCO
+
+    ann_file = str(root / "annotations/instances_train.json")
+    coco = COCO(ann_file)
+    cat_ids = coco.getCatIds(catNms=CLASSES)
+    ids = sorted({a["image_id"] for a in coco.loadAnns(coco.getAnnIds(catIds=cat_ids, iscrowd=False))})
+    (out / "masks").mkdir(parents=True)
+    (out / "images").mkdir()
+    with Pool(workers, initializer=_init_baseline, initargs=(ann_file,)) as pool:
+        done = sum(pool.imap_unordered(_baseline_one, [(i, str(root / "train"), str(out)) for i in ids], 8))
+    return done
+
+
+def run_segdist(root: Path, out: Path, workers: int) -> int:
+    """`segdist prepare coco`, starting its own local Ray cluster (start-up included)."""
+    from segdist.cli import main
+    from segdist.manifest import read_manifest
+
+    main(["prepare", "coco", "--images", str(root / "train"), "--annotations",
+          str(root / "annotations/instances_train.json"), "--classes", ",".join(CLASSES),
+          "--out", str(out), "--workers", str(workers)])
+    return read_manifest(out)["splits"]["train"]["samples"]
+
+
+def run_segdist_on_running_cluster(root: Path, out: Path, workers: int) -> int:
+    """The same, on a Ray cluster that is already up (as with --address): start-up excluded."""
+    return run_segdist(root, out, workers)
+
+
+class PeakMemory:
+    """Peak summed PSS of this process and its descendants, sampled in a thread."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_full_info().pss  # PSS: forked pages shared with the parent count once
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float]:
+    out = work / fn.__name__
+    cluster = fn is run_segdist_on_running_cluster
+    if cluster:
+        import ray
+
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            n = fn(root, out, workers)
+            seconds = time.perf_counter() - start
+    finally:
+        if cluster:
+            ray.shutdown()
+    shutil.rmtree(out)
+    return n, seconds, mem.peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--size", default="640x480")
+    args = parser.parse_args()
+    from segdist.sources.synthetic import write_synthetic_coco
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    width, height = (int(v) for v in args.size.split("x"))
+    runs = (run_baseline, run_segdist, run_segdist_on_running_cluster)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_images in args.images:
+            root = Path(tmp) / f"coco{n_images}"
+            write_synthetic_coco(root, n_images, val_images=1, seed=0, width=width, height=height)
+            rows.append((n_images, [measure(fn, root, Path(tmp), args.workers) for fn in runs]))
+    print(f"\nprepare benchmark: synthetic COCO {args.size}, classes {','.join(CLASSES)}, {args.workers} processes")
+    print("segdist = fresh local Ray started by the command; warm = Ray cluster already running (--address)")
+    print(f"{'images':>6} {'converted':>9} | {'img/s baseline':>14} {'segdist':>8} {'warm':>8} | "
+          f"{'speed-up':>8} {'warm':>6} | {'peak MiB baseline':>17} {'segdist':>8} {'warm':>6}")
+    for n_images, ((nb, tb, mb), (ns, ts, ms), (nw, tw, mw)) in rows:
+        assert nb == ns == nw, f"all must convert the same images ({nb}, {ns}, {nw})"
+        print(f"{n_images:>6} {nb:>9} | {nb / tb:>14.1f} {ns / ts:>8.1f} {nw / tw:>8.1f} | "
+              f"{tb / ts:>7.2f}x {tb / tw:>5.2f}x | {mb:>17.0f} {ms:>8.0f} {mw:>6.0f}")
+
+
+if __name__ == "__main__":
+    main()

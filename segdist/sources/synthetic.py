@@ -1,0 +1,654 @@
+"""Synthetic datasets written in the official COCO and Cityscapes on-disk layouts.
+
+They stand in for the real datasets in tests, demos and benchmarks: the files
+look exactly like the real ones (same folders, names, JSON fields, label ids),
+every pixel label is consistent with the image, and each class has its own
+colour and texture so that a small network can actually learn them.
+Everything is a pure function of the arguments: same arguments, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = ["write_synthetic_coco", "write_synthetic_cityscapes"]
+
+_SPLIT_CODES = {"train": 0, "val": 1}
+
+# --------------------------------------------------------------------------- COCO
+
+COCO_CATEGORIES: tuple[tuple[int, str, str], ...] = (
+    (1, "person", "person"),
+    (2, "bicycle", "vehicle"),
+    (3, "car", "vehicle"),
+    (4, "motorcycle", "vehicle"),
+    (5, "airplane", "vehicle"),
+    (18, "dog", "animal"),
+)
+_COCO_IDS = tuple(cat_id for cat_id, _, _ in COCO_CATEGORIES)
+
+_CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
+    1: (215, 50, 50),
+    2: (50, 185, 60),
+    3: (50, 80, 225),
+    4: (235, 205, 40),
+    5: (40, 205, 215),
+    18: (195, 60, 195),
+}
+
+_P_EMPTY = 0.05
+_P_CROWD = 0.10 / (1.0 - _P_EMPTY)
+_P_COMPRESSED = 0.05
+_P_TWO_PARTS = 0.15
+_P_ANCHOR = 0.30
+_MAX_INSTANCES = 6
+_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
+
+
+@dataclass(frozen=True)
+class _Look:
+    """Per-instance appearance parameters."""
+
+    colour: np.ndarray
+    dark: float
+    phase: tuple[int, int]
+    shade: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One annotation before ids are assigned."""
+
+    category_id: int
+    segmentation: list[list[float]] | dict[str, Any]
+    iscrowd: int
+    look: _Look
+
+
+def write_synthetic_coco(
+    out: Path,
+    images: int,
+    val_images: int | None = None,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+) -> dict[str, int]:
+    """Write a COCO-2017-style instance-segmentation tree under ``out``.
+
+    Layout: ``annotations/instances_{train,val}.json`` and
+    ``{train,val}/<image_id:012d>.jpg``. Returns the image count per split.
+    """
+    counts = _split_counts(images, val_images)
+    _check_size(width, height)
+    out = Path(out)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    next_image_id, next_ann_id = 1, 1
+    for split, count in counts.items():
+        image_dir = out / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        image_entries: list[dict[str, Any]] = []
+        ann_entries: list[dict[str, Any]] = []
+        for index in range(count):
+            rng = _image_rng(seed, split, index)
+            pixels, anns = _coco_image(rng, width, height)
+            image_id = next_image_id
+            next_image_id += 1
+            file_name = f"{image_id:012d}.jpg"
+            _write_jpeg(image_dir / file_name, pixels)
+            image_entries.append(
+                {"id": image_id, "file_name": file_name, "width": width, "height": height}
+            )
+            for ann in anns:
+                ann_entries.append({"id": next_ann_id, "image_id": image_id, **ann})
+                next_ann_id += 1
+        document = {
+            "info": _coco_info(seed),
+            "licenses": [{"id": 1, "name": "Synthetic data, no restrictions", "url": ""}],
+            "images": image_entries,
+            "annotations": ann_entries,
+            "categories": [
+                {"id": cat_id, "name": name, "supercategory": sup}
+                for cat_id, name, sup in COCO_CATEGORIES
+            ],
+        }
+        with open(out / "annotations" / f"instances_{split}.json", "w") as fh:
+            json.dump(document, fh)
+    return counts
+
+
+def coco_segmentation_rle(
+    segmentation: list[list[float]] | dict[str, Any], height: int, width: int
+) -> dict[str, Any]:
+    """Turn any COCO segmentation (polygons, uncompressed or compressed RLE) into one RLE."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def _coco_info(seed: int) -> dict[str, Any]:
+    return {
+        "description": "segdist synthetic COCO-format dataset",
+        "url": "",
+        "version": "1.0",
+        "year": 2017,
+        "contributor": f"segdist synthetic generator (seed {seed})",
+        "date_created": "2017/09/01",
+    }
+
+
+def _coco_image(
+    rng: np.random.Generator, width: int, height: int
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Draw one image and its annotations (without ids), rendered from the masks."""
+    pixels = _coco_background(rng, width, height)
+    annotations = []
+    for inst in _coco_instances(rng, width, height):
+        rle = coco_segmentation_rle(inst.segmentation, height, width)
+        area = float(mask_utils.area(rle))
+        if area <= 0:
+            continue
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]
+        _paint_instance(pixels, mask_utils.decode(rle), bbox, inst)
+        annotations.append(
+            {
+                "category_id": inst.category_id,
+                "segmentation": inst.segmentation,
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": inst.iscrowd,
+            }
+        )
+    return pixels, annotations
+
+
+def _coco_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Smooth coloured noise plus a linear gradient plus a few random lines."""
+    base = rng.uniform(75, 165) + rng.uniform(-18, 18, 3)
+    cells = rng.standard_normal((height // 48 + 2, width // 48 + 2, 3)).astype(np.float32)
+    noise = cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC)
+    noise *= rng.uniform(10, 28)
+    angle = rng.uniform(0, 2 * np.pi)
+    amplitude = rng.uniform(-45, 45) / max(width, height)
+    xs = np.arange(width, dtype=np.float32) * np.float32(np.cos(angle) * amplitude)
+    ys = np.arange(height, dtype=np.float32) * np.float32(np.sin(angle) * amplitude)
+    noise += (ys[:, None] + xs[None, :])[:, :, None]
+    noise += base.astype(np.float32)
+    pixels = np.clip(noise, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(2, 7))):
+        p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        colour = tuple(int(c) for c in np.clip(base + rng.uniform(-70, 70, 3), 0, 255))
+        cv2.line(pixels, p0, p1, colour, int(rng.integers(1, 4)), cv2.LINE_AA)
+    return pixels
+
+
+def _coco_instances(rng: np.random.Generator, width: int, height: int) -> list[_Instance]:
+    """Choose classes, shapes and encodings for the annotations of one image."""
+    if rng.random() < _P_EMPTY:
+        return []
+    total = int(rng.integers(1, _MAX_INSTANCES + 1))
+    crowd_slot = int(rng.integers(0, total)) if rng.random() < _P_CROWD else -1
+    scale = min(width, height)
+    placed: list[tuple[int, float, float, float]] = []
+    instances = []
+    for slot in range(total):
+        if slot == crowd_slot:
+            category_id = int(rng.choice(_COCO_IDS))
+            crowd = _crowd_rle(rng, width, height)
+            instances.append(_Instance(category_id, crowd, 1, _look(rng, category_id)))
+            continue
+        category_id, cx, cy = _place(rng, placed, width, height)
+        radius = rng.uniform(0.08, 0.24) * scale
+        placed.append((category_id, cx, cy, radius))
+        segmentation = _instance_segmentation(rng, cx, cy, radius, width, height)
+        instances.append(_Instance(category_id, segmentation, 0, _look(rng, category_id)))
+    return instances
+
+
+def _instance_segmentation(
+    rng: np.random.Generator, cx: float, cy: float, radius: float, width: int, height: int
+) -> list[list[float]] | dict[str, Any]:
+    """Polygon parts, occasionally stored as compressed RLE instead."""
+    polygons = _instance_polygons(rng, cx, cy, radius, width, height)
+    if rng.random() < _P_COMPRESSED:
+        return _compressed_rle(rng, polygons, cx, cy, radius, width, height)
+    return polygons
+
+
+def _place(
+    rng: np.random.Generator,
+    placed: list[tuple[int, float, float, float]],
+    width: int,
+    height: int,
+) -> tuple[int, float, float]:
+    """Pick a class and centre; sometimes on top of an earlier instance of another class."""
+    if placed and rng.random() < _P_ANCHOR:
+        anchor_cat, ax, ay, aradius = placed[int(rng.integers(0, len(placed)))]
+        others = [c for c in _COCO_IDS if c != anchor_cat]
+        category_id = int(rng.choice(others))
+        offset = rng.uniform(-0.5, 0.5, 2) * aradius
+        cx = float(np.clip(ax + offset[0], 0, width))
+        cy = float(np.clip(ay + offset[1], 0, height))
+        return category_id, cx, cy
+    category_id = int(rng.choice(_COCO_IDS))
+    cx = rng.uniform(0.08, 0.92) * width
+    cy = rng.uniform(0.08, 0.92) * height
+    return category_id, float(cx), float(cy)
+
+
+def _instance_polygons(
+    rng: np.random.Generator, cx: float, cy: float, radius: float, width: int, height: int
+) -> list[list[float]]:
+    """One or two star/ellipse-like polygon parts."""
+    parts = [_polygon(rng, cx, cy, radius, width, height)]
+    if rng.random() < _P_TWO_PARTS:
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = radius * rng.uniform(1.1, 1.8)
+        px = float(np.clip(cx + distance * np.cos(angle), 0, width))
+        py = float(np.clip(cy + distance * np.sin(angle), 0, height))
+        parts.append(_polygon(rng, px, py, radius * rng.uniform(0.35, 0.7), width, height))
+    return parts
+
+
+def _polygon(
+    rng: np.random.Generator, cx: float, cy: float, radius: float, width: int, height: int
+) -> list[float]:
+    """A star- or ellipse-like polygon, clipped to the image, as flat [x0, y0, x1, y1, ...]."""
+    n = int(rng.integers(8, 21))
+    step = 2 * np.pi / n
+    angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * step + rng.uniform(0, 2 * np.pi)
+    if rng.random() < 0.5:
+        radii = rng.uniform(0.85, 1.0, n)
+    else:
+        radii = np.where(np.arange(n) % 2 == 0, 1.0, rng.uniform(0.4, 0.65)) * rng.uniform(
+            0.85, 1.0, n
+        )
+    aspect = rng.uniform(0.55, 1.0)
+    rot = rng.uniform(0, np.pi)
+    ex = radii * np.cos(angles) * radius
+    ey = radii * np.sin(angles) * radius * aspect
+    xs = np.clip(cx + ex * np.cos(rot) - ey * np.sin(rot), 0, width)
+    ys = np.clip(cy + ex * np.sin(rot) + ey * np.cos(rot), 0, height)
+    coords = np.round(np.stack([xs, ys], axis=1).ravel(), 2)
+    return [float(v) for v in coords]
+
+
+def _compressed_rle(
+    rng: np.random.Generator,
+    polygons: list[list[float]],
+    cx: float,
+    cy: float,
+    radius: float,
+    width: int,
+    height: int,
+) -> dict[str, Any]:
+    """Rasterise polygons (sometimes with a hole) and store them as compressed RLE."""
+    mask = np.ascontiguousarray(mask_utils.decode(coco_segmentation_rle(polygons, height, width)))
+    if rng.random() < 0.5:
+        hole = max(1, int(radius * rng.uniform(0.15, 0.3)))
+        cv2.circle(mask, (int(cx), int(cy)), hole, 0, -1)
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [height, width], "counts": rle["counts"].decode("utf-8")}
+
+
+def _crowd_rle(rng: np.random.Generator, width: int, height: int) -> dict[str, Any]:
+    """A dense cluster of small blobs, as uncompressed (list-of-counts) RLE."""
+    scale = min(width, height)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    cx = rng.uniform(0.2, 0.8) * width
+    cy = rng.uniform(0.2, 0.8) * height
+    spread = rng.uniform(0.1, 0.2) * scale
+    for _ in range(int(rng.integers(15, 40))):
+        x, y = rng.normal((cx, cy), spread)
+        r = max(2, int(rng.uniform(0.03, 0.07) * scale))
+        cv2.circle(mask, (int(round(x)), int(round(y))), r, 1, -1)
+    if not mask.any():
+        cv2.circle(mask, (int(cx), int(cy)), max(2, int(0.05 * scale)), 1, -1)
+    return {"counts": _uncompressed_counts(mask), "size": [height, width]}
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """Column-major run lengths starting with a (possibly empty) run of zeros."""
+    flat = mask.ravel(order="F").astype(np.int8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], changes, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat[0] == 1:
+        runs.insert(0, 0)
+    return [int(r) for r in runs]
+
+
+def _look(rng: np.random.Generator, category_id: int) -> _Look:
+    colour = np.clip(np.array(_CLASS_COLOURS[category_id]) + rng.uniform(-22, 22, 3), 0, 255)
+    return _Look(
+        colour=colour.astype(np.float32),
+        dark=float(rng.uniform(0.45, 0.6)),
+        phase=(int(rng.integers(0, 16)), int(rng.integers(0, 16))),
+        shade=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
+    )
+
+
+def _texture(category_id: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Class-specific binary pattern on integer pixel coordinates."""
+    if category_id == 1:
+        return (yy // 4) % 2 == 0
+    if category_id == 2:
+        return ((xx // 5) + (yy // 5)) % 2 == 0
+    if category_id == 3:
+        return (xx // 6) % 2 == 0
+    if category_id == 4:
+        return (xx % 8 - 3.5) ** 2 + (yy % 8 - 3.5) ** 2 < 7
+    if category_id == 5:
+        return ((xx + yy) // 5) % 2 == 0
+    return (xx % 7 < 2) | (yy % 7 < 2)
+
+
+def _paint_instance(
+    pixels: np.ndarray, mask: np.ndarray, bbox: list[float], inst: _Instance
+) -> None:
+    """Paint the instance's appearance into ``pixels`` through its mask, inside its bbox."""
+    x0, y0 = int(bbox[0]), int(bbox[1])
+    x1, y1 = int(np.ceil(bbox[0] + bbox[2])), int(np.ceil(bbox[1] + bbox[3]))
+    inside = mask[y0:y1, x0:x1].astype(bool)
+    look = inst.look
+    yy = np.arange(y0, y1)[:, None] + look.phase[1]
+    xx = np.arange(x0, x1)[None, :] + look.phase[0]
+    pattern = _texture(inst.category_id, xx, yy)
+    factor = np.where(pattern, np.float32(1.0), np.float32(look.dark))
+    u = np.linspace(-1, 1, x1 - x0, dtype=np.float32)[None, :]
+    v = np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None]
+    factor = factor * (1 + look.shade[0] * u + look.shade[1] * v)
+    rgb = np.clip(factor[:, :, None] * look.colour, 0, 255).astype(np.uint8)
+    pixels[y0:y1, x0:x1][inside] = rgb[inside]
+
+
+def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), _JPEG_PARAMS)
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for {path}")
+    path.write_bytes(data.tobytes())
+
+
+# --------------------------------------------------------------------- Cityscapes
+
+CITYSCAPES_CITIES: dict[str, tuple[str, ...]] = {
+    "train": ("aachen", "bochum"),
+    "val": ("frankfurt",),
+}
+
+UNLABELED, EGO_VEHICLE, STATIC = 0, 1, 4
+ROAD, SIDEWALK, PARKING, BUILDING = 7, 8, 9, 11
+POLE, TRAFFIC_SIGN, VEGETATION, SKY, PERSON, CAR = 17, 20, 21, 23, 24, 26
+
+# Official Cityscapes colours (cityscapesscripts/helpers/labels.py), labelIds 0..33.
+_CITYSCAPES_COLOURS = np.array(
+    [
+        (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (111, 74, 0),
+        (81, 0, 81), (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140),
+        (70, 70, 70), (102, 102, 156), (190, 153, 153), (180, 165, 180), (150, 100, 100),
+        (150, 120, 90), (153, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0),
+        (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+        (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100),
+        (0, 0, 230), (119, 11, 32),
+    ],
+    dtype=np.float32,
+)
+# Void classes are black in the official palette; give them distinct dark tones so
+# the pixels are not all identical, while staying close to the official colour.
+_CITYSCAPES_RENDER_COLOURS = _CITYSCAPES_COLOURS.copy()
+_CITYSCAPES_RENDER_COLOURS[UNLABELED] = (10, 10, 10)
+_CITYSCAPES_RENDER_COLOURS[EGO_VEHICLE] = (35, 30, 40)
+_CITYSCAPES_RENDER_COLOURS[STATIC] = (55, 45, 20)
+
+
+def write_synthetic_cityscapes(
+    out: Path,
+    images: int,
+    val_images: int | None = None,
+    seed: int = 0,
+    width: int = 512,
+    height: int = 256,
+) -> dict[str, int]:
+    """Write a Cityscapes-style tree (``leftImg8bit`` + ``gtFine`` labelIds) under ``out``.
+
+    Train images alternate between aachen and bochum, val images are in frankfurt.
+    Returns the image count per split.
+    """
+    counts = _split_counts(images, val_images)
+    _check_size(width, height)
+    out = Path(out)
+    for split, count in counts.items():
+        cities = CITYSCAPES_CITIES[split]
+        for city in cities:
+            (out / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
+            (out / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            rng = _image_rng(seed, split, index)
+            labels = _street_labels(rng, width, height)
+            pixels = _street_pixels(rng, labels)
+            city = cities[index % len(cities)]
+            stem = f"{city}_000000_{index:06d}"
+            _write_png(out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                       np.ascontiguousarray(pixels[:, :, ::-1]))
+            _write_png(out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", labels)
+    return counts
+
+
+def _street_labels(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A street scene as a labelIds map, painted back to front."""
+    labels = np.full((height, width), SKY, dtype=np.uint8)
+    horizon = int(rng.uniform(0.45, 0.58) * height)
+    vanish_x = rng.uniform(0.35, 0.65) * width
+    _draw_buildings(rng, labels, horizon)
+    _draw_vegetation(rng, labels, horizon)
+    labels[horizon:] = ROAD
+    right_edge = _draw_sidewalks(rng, labels, horizon, vanish_x)
+    _draw_parking(rng, labels, horizon, vanish_x, right_edge)
+    _draw_statics(rng, labels, horizon)
+    _draw_poles(rng, labels, horizon)
+    _draw_traffic(rng, labels, horizon)
+    _draw_ego_vehicle(rng, labels)
+    _draw_unlabeled(rng, labels)
+    return labels
+
+
+def _draw_buildings(rng: np.random.Generator, labels: np.ndarray, horizon: int) -> None:
+    height, width = labels.shape
+    x = 0
+    while x < width:
+        block = max(4, int(rng.uniform(0.05, 0.2) * width))
+        if rng.random() > 0.12:
+            top = int(rng.uniform(0.06, 0.38) * height)
+            labels[top:horizon, x : x + block] = BUILDING
+        x += block
+
+
+def _draw_vegetation(rng: np.random.Generator, labels: np.ndarray, horizon: int) -> None:
+    height, width = labels.shape
+    for _ in range(int(rng.integers(2, 6))):
+        centre = (int(rng.uniform(0, width)), int(horizon - rng.uniform(0.0, 0.2) * height))
+        axes = (int(rng.uniform(0.04, 0.12) * width) + 1, int(rng.uniform(0.05, 0.15) * height) + 1)
+        cv2.ellipse(labels, centre, axes, float(rng.uniform(0, 180)), 0, 360, VEGETATION, -1)
+
+
+def _draw_sidewalks(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int, vanish_x: float
+) -> float:
+    """Sidewalk wedges on both sides of the road; returns the right road edge at the bottom row."""
+    height, width = labels.shape
+    left = vanish_x - rng.uniform(0.35, 0.6) * width
+    right = vanish_x + rng.uniform(0.35, 0.6) * width
+    gap = rng.uniform(0.02, 0.05) * width
+    left_poly = [(0, horizon), (vanish_x - gap, horizon), (left, height), (0, height)]
+    right_poly = [(vanish_x + gap, horizon), (width, horizon), (width, height), (right, height)]
+    for poly in (left_poly, right_poly):
+        cv2.fillPoly(labels, [np.array(poly, dtype=np.int32)], SIDEWALK)
+    return right
+
+
+def _edge_x(horizon: int, height: int, vanish_x: float, bottom_x: float, y: float) -> float:
+    t = (y - horizon) / max(1, height - horizon)
+    return vanish_x + t * (bottom_x - vanish_x)
+
+
+def _draw_parking(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int, vanish_x: float, right: float
+) -> None:
+    """A parking strip along the right road edge."""
+    height, _ = labels.shape
+    y0 = horizon + rng.uniform(0.25, 0.45) * (height - horizon)
+    y1 = y0 + rng.uniform(0.2, 0.35) * (height - horizon)
+    depth = rng.uniform(0.04, 0.1) * labels.shape[1]
+    xs0 = _edge_x(horizon, height, vanish_x, right, y0)
+    xs1 = _edge_x(horizon, height, vanish_x, right, y1)
+    poly = [(xs0, y0), (xs0 + depth * 0.5, y0), (xs1 + depth, y1), (xs1, y1)]
+    cv2.fillPoly(labels, [np.array(poly, dtype=np.int32)], PARKING)
+
+
+def _sidewalk_point(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int
+) -> tuple[int, int]:
+    """A ground point on one of the sidewalks (falls back to any ground point)."""
+    height, width = labels.shape
+    y = int(rng.uniform(horizon + 0.1 * (height - horizon), height - 1))
+    row = np.flatnonzero(labels[y] == SIDEWALK)
+    if row.size:
+        return int(row[int(rng.integers(0, row.size))]), y
+    return int(rng.integers(0, width)), y
+
+
+def _draw_statics(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int
+) -> None:
+    height, width = labels.shape
+    for _ in range(int(rng.integers(1, 4))):
+        x, y = _sidewalk_point(rng, labels, horizon)
+        size = max(2, int((y - horizon) / max(1, height - horizon) * 0.08 * height))
+        cv2.rectangle(labels, (x - size // 2, y - size), (x + size // 2, y), STATIC, -1)
+
+
+def _draw_poles(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int
+) -> None:
+    height, _ = labels.shape
+    for _ in range(int(rng.integers(1, 5))):
+        x, y = _sidewalk_point(rng, labels, horizon)
+        depth = (y - horizon) / max(1, height - horizon)
+        top = int(y - (0.25 + 0.5 * depth) * height)
+        thick = max(1, int(1 + 4 * depth))
+        cv2.rectangle(labels, (x, max(0, top)), (x + thick, y), POLE, -1)
+        if rng.random() < 0.6:
+            sign = max(3, int((0.03 + 0.06 * depth) * height))
+            sy = max(0, top)
+            if rng.random() < 0.5:
+                cv2.rectangle(labels, (x - sign, sy), (x + thick + sign, sy + sign), TRAFFIC_SIGN, -1)
+            else:
+                cv2.circle(labels, (x + thick // 2, sy + sign), sign, TRAFFIC_SIGN, -1)
+
+
+def _draw_traffic(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int
+) -> None:
+    """Cars on the road and persons on the sidewalks, far ones first."""
+    height, width = labels.shape
+    span = max(1, height - horizon)
+    objects = []
+    for _ in range(int(rng.integers(1, 5))):
+        y = int(rng.uniform(horizon + 0.1 * span, height - 1))
+        objects.append((y, CAR, int(rng.uniform(0.1, 0.9) * width)))
+    for _ in range(int(rng.integers(1, 5))):
+        x, y = _sidewalk_point(rng, labels, horizon)
+        objects.append((y, PERSON, x))
+    for y, label, x in sorted(objects):
+        depth = (y - horizon) / span
+        if label == CAR:
+            car_w = int((0.08 + 0.3 * depth) * width)
+            car_h = int(car_w * rng.uniform(0.4, 0.55))
+            cv2.rectangle(labels, (x - car_w // 2, y - car_h // 2), (x + car_w // 2, y), CAR, -1)
+            cab = (x - car_w // 3, y - car_h), (x + car_w // 4, y - car_h // 2)
+            cv2.rectangle(labels, cab[0], cab[1], CAR, -1)
+        else:
+            body_h = max(4, int((0.1 + 0.35 * depth) * height))
+            body_w = max(2, body_h // 4)
+            cv2.rectangle(labels, (x - body_w // 2, y - body_h), (x + body_w // 2, y), PERSON, -1)
+            cv2.circle(labels, (x, y - body_h - body_w // 2), max(1, body_w // 2 + 1), PERSON, -1)
+
+
+def _draw_ego_vehicle(rng: np.random.Generator, labels: np.ndarray) -> None:
+    height, width = labels.shape
+    rows = max(2, int(rng.uniform(0.05, 0.1) * height))
+    labels[height - rows // 2 :] = EGO_VEHICLE
+    axes = (int(width * rng.uniform(0.55, 0.8)), rows)
+    cv2.ellipse(labels, (width // 2, height), axes, 0, 180, 360, EGO_VEHICLE, -1)
+
+
+def _draw_unlabeled(rng: np.random.Generator, labels: np.ndarray) -> None:
+    height, width = labels.shape
+    for _ in range(int(rng.integers(2, 6))):
+        x, y = int(rng.integers(0, width - 2)), int(rng.integers(0, height - 2))
+        size = int(rng.integers(1, 4))
+        labels[y : y + size, x : x + size] = UNLABELED
+
+
+def _street_pixels(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Colour each labelId region with its official colour, jittered and textured."""
+    height, width = labels.shape
+    palette = _CITYSCAPES_RENDER_COLOURS + rng.normal(0, 8, _CITYSCAPES_RENDER_COLOURS.shape)
+    pixels = palette.astype(np.float32)[labels]
+    yy = np.arange(height)[:, None]
+    xx = np.arange(width)[None, :]
+    windows = ((xx % 12) < 6) & ((yy % 14) < 7) & (labels == BUILDING)
+    pixels[windows] *= 0.65
+    leaves = cv2.resize(
+        rng.standard_normal((height // 4 + 1, width // 4 + 1)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_LINEAR,
+    )
+    pixels += (leaves * 30 * (labels == VEGETATION))[:, :, None]
+    pixels += np.where(labels == SKY, np.float32(40 / height) * yy, 0)[:, :, None]
+    dashes = (labels == ROAD) & (np.abs(xx - width // 2) < 2) & ((yy // 8) % 2 == 0)
+    pixels[dashes] = (200, 200, 200)
+    light = cv2.resize(
+        rng.standard_normal((4, 6)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC
+    )
+    pixels += (light * 12)[:, :, None]
+    pixels += rng.normal(0, 6, pixels.shape).astype(np.float32)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    path.write_bytes(data.tobytes())
+
+
+# ------------------------------------------------------------------------ shared
+
+
+def _split_counts(images: int, val_images: int | None) -> dict[str, int]:
+    if images < 0:
+        raise ValueError(f"images must be >= 0, got {images}")
+    val = max(1, images // 4) if val_images is None else val_images
+    if val < 0:
+        raise ValueError(f"val_images must be >= 0, got {val}")
+    return {"train": images, "val": val}
+
+
+def _check_size(width: int, height: int) -> None:
+    if width < 16 or height < 16:
+        raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
+
+
+def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """Independent stream per (seed, split, index), so an image never depends on the others."""
+    return np.random.default_rng([seed, _SPLIT_CODES[split], index])

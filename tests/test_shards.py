@@ -1,0 +1,101 @@
+"""Shard layout: byte-identical whatever the worker count, readable by plain webdataset, Ray --address."""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from helpers import manifest, read_shards, run_cli
+
+from segdist.sources.synthetic import write_synthetic_coco
+
+
+@pytest.fixture(scope="module")
+def synthetic_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "coco"
+    write_synthetic_coco(root, images=40, val_images=12, seed=3, width=160, height=120)
+    return root
+
+
+def _prepare(root, out, *extra):
+    run_cli("prepare", "coco", "--images", root / "train", "--annotations", root / "annotations/instances_train.json",
+            "--classes", "person,bicycle,car,dog", "--out", out, "--shard-size", "7", *extra)
+
+
+def test_one_and_two_workers_give_identical_shards(synthetic_coco, tmp_path, ray_cluster):
+    _prepare(synthetic_coco, tmp_path / "w1", "--workers", "1")
+    _prepare(synthetic_coco, tmp_path / "w2", "--workers", "2")
+    files = sorted(p.name for p in (tmp_path / "w1").iterdir())
+    assert len([f for f in files if f.endswith(".tar")]) >= 3
+    assert files == sorted(p.name for p in (tmp_path / "w2").iterdir())
+    for name in files:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+def test_plain_webdataset_reads_what_the_manifest_says(synthetic_coco, tmp_path, ray_cluster):
+    out = tmp_path / "ds"
+    _prepare(synthetic_coco, out, "--splits", "train=0.75,val=0.25")
+    m = manifest(out)
+    for split, rec in m["splits"].items():
+        samples = read_shards(out, split)
+        assert len(samples) == rec["samples"] > 0
+        per_shard = {}
+        for s in samples:
+            per_shard[os.path.basename(s["url"])] = per_shard.get(os.path.basename(s["url"]), 0) + 1
+            assert s["label"].shape == s["image"].shape[:2] and s["label"].dtype.name == "uint8"
+            assert set(s["meta"]) >= {"id", "height", "width", "classes", "boxes", "source"}
+        assert per_shard == {sh["name"]: sh["samples"] for sh in rec["shards"]}
+        assert len({s["key"] for s in samples}) == len(samples)
+        assert rec["skipped"] == {}
+
+
+def test_shard_byte_limit(synthetic_coco, tmp_path, ray_cluster):
+    out = tmp_path / "ds"
+    _prepare(synthetic_coco, out, "--shard-bytes", "40KB")
+    shards = manifest(out)["splits"]["train"]["shards"]
+    assert len(shards) > 3
+    for shard in shards:
+        assert shard["samples"] == 1 or shard["bytes"] <= 40 * 1024 + 10240  # + tar's end-of-archive padding
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_prepare_against_an_existing_ray_cluster(synthetic_coco, tmp_path):
+    port = _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--memory=2000000000",
+         "--object-store-memory=200000000", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"],  # short: socket paths <= 107 bytes
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while subprocess.run([ray_bin, "status", f"--address={address}"], env=env,
+                             capture_output=True).returncode != 0:
+            assert head.poll() is None, head.stdout.read().decode()
+            assert time.time() < deadline, "ray head did not come up in 60 s"
+            time.sleep(1)
+        out = tmp_path / "ds"
+        result = subprocess.run(
+            [sys.executable, "-m", "segdist.cli", "prepare", "coco", "--images", synthetic_coco / "train",
+             "--annotations", synthetic_coco / "annotations/instances_train.json", "--classes", "person,car",
+             "--out", out, "--address", address],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Connecting to existing Ray cluster" in result.stderr
+        assert manifest(out)["splits"]["train"]["samples"] == len(read_shards(out, "train")) > 0
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, 15)
+            head.wait(timeout=60)
