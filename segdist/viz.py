@@ -83,3 +83,63 @@ def class_histogram(classes: list[str], pixels: list[int], images: list[int], pa
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion heatmap (rows = ground truth; empty rows stay 0), written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, np.float64)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    n = len(class_names)
+    side = max(5, 0.45 * n + 3)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth row")
+    if n <= 25:
+        for (row, col), value in np.ndenumerate(normalised):
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def per_class_iou_png(metrics: dict, path: Path, title: str = "") -> None:
+    """Horizontal bars of per-class IoU (from metrics_from_confusion) with the mIoU as a line; NaN classes left empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(metrics["per_class"])
+    iou = np.array([metrics["per_class"][name]["iou"] for name in names], np.float64)
+    missing = np.isnan(iou)
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(names) + 1.5)))
+    ax.barh(range(len(names)), np.where(missing, 0, iou), color="tab:blue")
+    for row in np.flatnonzero(missing):
+        ax.text(0.01, row, "absent (NaN)", va="center", fontsize=7, color="grey")
+    if not np.isnan(metrics["miou"]):
+        ax.axvline(metrics["miou"], color="tab:red", linestyle="--", label=f"mIoU {metrics['miou']:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()  # first class on top, as in the tables
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("IoU")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
