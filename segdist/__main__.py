@@ -1,0 +1,5 @@
+"""`python -m segdist ...`, which is what `accelerate launch -m segdist train ...` runs."""
+
+from segdist.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""`segdist train`: 2-process DDP on CPU, exact resume, learning, config and data errors."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from safetensors.numpy import load_file
+
+from segdist.sources.synthetic import write_synthetic_coco
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
+         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_cluster):
+    """Synthetic COCO, 4 classes, in shards of 7 so that shard sizes are uneven."""
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic_coco(root / "raw", images=48, val_images=14, seed=5, width=160, height=120)
+    for split in ("train", "val"):
+        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
+                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
+                "--split", split, "--out", root / "shards", "--shard-size", "7")
+    return root / "shards"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(shards, runs, *overrides, launcher=(), resume=False, timeout=600):
+    cmd = [*launcher, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
+           f"data.shards={shards}", f"train.runs_dir={runs}", *SMALL, *overrides]
+    if not launcher:
+        cmd.insert(0, sys.executable)
+    if resume:
+        cmd.append("--resume")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+def _ranks(output: str) -> dict[int, dict]:
+    found = re.findall(r"\[rank (\d+)/(\d+)\] batches=(\d+) steps=(\d+) weights=(\w+)", output)
+    return {int(r): {"world": int(w), "batches": int(b), "steps": int(s), "weights": h} for r, w, b, s, h in found}
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "launch/cpu-2proc.yaml"), "--main_process_port", str(_free_port())]
+    out = _train(shards, tmp_path, "train.max_steps=5", "train.name=ddp", launcher=launcher)
+    ranks = _ranks(out)
+    assert set(ranks) == {0, 1} and all(r["world"] == 2 for r in ranks.values())
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 5
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert "WARNING" not in out
+    run = tmp_path / "ddp"
+    assert [entry["step"] for entry in _log(run)] == [1, 2, 3, 4, 5]  # one writer, not two
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (run / "checkpoints/step_00000005/model.safetensors").exists()
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_resume_is_exact(shards, tmp_path):
+    # dropout and a warmup that spans the interruption: RNG and scheduler state must both come back
+    common = ["model.decoder_dropout=0.2", "optim.scheduler=constant", "optim.warmup_steps=10",
+              "train.checkpoint_every=3", "data.epoch_samples=20", "train.val_every=100"]
+    _train(shards, tmp_path, *common, "train.name=straight", "train.max_steps=8")
+    _train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=4")
+    out = _train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=8", resume=True)
+    assert "resumed from" in out and "step_00000004" in out
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    assert [e["step"] for e in resumed] == list(range(1, 9))
+    assert [e["loss"] for e in resumed] == [e["loss"] for e in straight]
+    assert [e["lr"] for e in resumed] == [e["lr"] for e in straight]
+    a = load_file(tmp_path / "straight/checkpoints/step_00000008/model.safetensors")
+    b = load_file(tmp_path / "resumed/checkpoints/step_00000008/model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_learns_well_above_all_background(shards, tmp_path):
+    out = _train(shards, tmp_path, "train.name=learn", "train.epochs=8", "data.crop_size=[96,96]",
+                 "data.base_size=128", "data.val_size=128")
+    summary = json.loads((tmp_path / "learn/summary.json").read_text())
+    manifest = json.loads((shards / "dataset.json").read_text())
+    val = manifest["splits"]["val"]
+    # Predicting background everywhere scores IoU = background share for class 0 and 0 elsewhere.
+    all_background = val["class_pixels"][0] / sum(val["class_pixels"]) / len(manifest["classes"])
+    assert all_background < 0.25
+    assert summary["best_miou"] > 0.5, out[-2000:]
+
+
+def test_config_errors_list_the_choices(tmp_path, capsys):
+    cases = {
+        "model.arch=segformer": "model.arch 'segformer' is not valid; choose one of unet, deeplabv3",
+        "loss.name=tversky": "loss.name 'tversky' is not valid; choose one of ce, weighted_ce",
+        "optim.scheduler=onecycle": "optim.scheduler 'onecycle' is not valid; choose one of poly",
+        "model.colour=red": "unknown key 'model.colour'; valid: arch, encoder",
+        "trainer.epochs=3": "unknown section 'trainer'; valid: data, model",
+        "data.crop_size=[100,100]": "must be [H, W], both multiples of 32",
+    }
+    for override, message in cases.items():
+        with pytest.raises(SystemExit):
+            run_cli("train", "--config", REPO / "configs/demo.yaml", override)
+        assert message in capsys.readouterr().err, override
+
+
+def test_missing_or_empty_shard_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("train", "--config", REPO / "configs/demo.yaml", f"data.shards={tmp_path / 'nope'}")
+    assert "is not a directory; run `segdist prepare" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        run_cli("train", "--config", REPO / "configs/demo.yaml", f"data.shards={tmp_path / 'empty'}")
+    assert "dataset.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
+           f"data.shards={shards}", f"train.runs_dir={tmp_path}", *SMALL, "train.name=pre",
+           "train.max_steps=500", "optim.scheduler=constant"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "pre/train_log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    summary = json.loads((tmp_path / "pre/summary.json").read_text())
+    stopped = summary["steps"]
+    assert summary["stop"] == "signal" and 3 <= stopped < 500
+    assert (tmp_path / f"pre/checkpoints/step_{stopped:08d}/model.safetensors").exists()
+    out = _train(shards, tmp_path, "train.name=pre", f"train.max_steps={stopped + 2}", "optim.scheduler=constant",
+                 resume=True)
+    assert f"resumed from {tmp_path / 'pre/checkpoints'}/step_{stopped:08d} at step {stopped}" in out
+    assert [e["step"] for e in _log(tmp_path / "pre")] == list(range(1, stopped + 3))
