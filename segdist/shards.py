@@ -146,8 +146,14 @@ def encode_sample(s: Sample, num_classes: int, ignore_index: int) -> Encoded:
     return Encoded(s.key, files, class_pixels, ignore_pixels, mean * h * w, (std**2 + mean**2) * h * w, h * w)
 
 
-def convert_chunk(convert: Callable[[object], Sample], specs: Sequence, num_classes: int, ignore_index: int) -> list:
-    """Runs in a Ray worker: convert inputs, turning bad ones into ("skip", ...) records."""
+def convert_chunk(convert: Callable[[object], Sample], specs: Sequence, num_classes: int,
+                  ignore_index: int) -> tuple[str, list]:
+    """Runs in a Ray worker: convert inputs, turning bad ones into ("skip", ...) records.
+
+    Returns the Ray node it ran on with the results, so the driver can report where work went.
+    """
+    import ray
+
     results = []
     for spec in specs:
         try:
@@ -157,7 +163,7 @@ def convert_chunk(convert: Callable[[object], Sample], specs: Sequence, num_clas
         except DataError as exc:
             results.append(("error", str(exc)))
             break
-    return results
+    return ray.get_runtime_context().get_node_id(), results
 
 
 @contextmanager
@@ -179,20 +185,31 @@ def ray_session(workers: int | None, address: str | None) -> Iterator[int]:
         ray.shutdown()
 
 
-def ordered_results(convert: Callable, specs: Sequence, workers: int, num_classes: int, ignore_index: int) -> Iterator:
-    """Results of all inputs, in input order, with at most 2 x workers chunks in flight."""
+def ordered_results(convert: Callable, specs: Sequence, workers: int, num_classes: int, ignore_index: int,
+                    nodes: Counter | None = None) -> Iterator:
+    """Results of all inputs, in input order, with at most 2 x workers chunks in flight.
+
+    `nodes` counts the chunks each Ray node converted.
+    """
     import ray
 
     remote = ray.remote(num_cpus=1)(convert_chunk)
     convert_ref = ray.put(convert)
     chunks = (specs[i : i + CHUNK] for i in range(0, len(specs), CHUNK))
     pending: deque = deque()
+
+    def next_results() -> list:
+        node, results = ray.get(pending.popleft())
+        if nodes is not None:
+            nodes[node] += 1
+        return results
+
     for chunk in chunks:
         pending.append(remote.remote(convert_ref, chunk, num_classes, ignore_index))
         if len(pending) >= 2 * workers:
-            yield from ray.get(pending.popleft())
+            yield from next_results()
     while pending:
-        yield from ray.get(pending.popleft())
+        yield from next_results()
 
 
 class ShardWriter:
@@ -306,7 +323,8 @@ def write_split(
         current = Tally(num_classes)
         write_json_atomic(_progress_path(out, split), {"fingerprint": fp, "shards": done})
 
-    results = ordered_results(convert, specs[start:], workers, num_classes, ignore_index)
+    nodes: Counter = Counter()
+    results = ordered_results(convert, specs[start:], workers, num_classes, ignore_index, nodes)
     bar = tqdm(total=len(specs), initial=start, desc=f"prepare {split}", unit="img", dynamic_ncols=True)
     try:
         for index, result in enumerate(results, start):
@@ -328,6 +346,9 @@ def write_split(
         raise
     finally:
         bar.close()
+    if nodes:
+        print(f"ray: split '{split}' converted in {sum(nodes.values())} tasks on {len(nodes)} node(s): "
+              + ", ".join(f"{node[:12]}={n}" for node, n in sorted(nodes.items())))
     return [{k: r[k] for k in ("name", "samples", "bytes")} for r in shards], tally
 
 

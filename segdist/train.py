@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ def requested_world_size() -> int | None:
 
         for proc in psutil.Process().parents()[:3]:
             args = proc.cmdline()
-            if "launch" in args and any("accelerate" in a for a in args[:3]):
+            if any(a.endswith(("accelerate", "accelerate.commands.launch")) for a in args[:3]):
                 flags = dict(zip(args, args[1:]))
                 flags.update(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
                 if "--num_processes" in flags:
@@ -143,7 +144,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         accelerator.print(
             f"\n{'!' * 78}\nsegdist: WARNING: {asked} processes were requested but the process group has "
             f"{world}.\n`accelerate launch --cpu` runs ONE process; for several CPU processes use "
-            f"--multi_gpu with ACCELERATE_USE_CPU=true (see launch/cpu-2proc.yaml).\n{'!' * 78}\n",
+            f"`--multi_gpu` (segdist forms a gloo group without CUDA), as launch/cpu-2proc.yaml does.\n{'!' * 78}\n",
             file=sys.stderr)
     set_seed(cfg.train.seed)
 
@@ -274,7 +275,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         f"segdist train: {stop_reason} after {state['update']} steps; best val mIoU {state['best_miou']:.4f} "
         f"at step {state['best_step']}; run dir {run_dir} (TensorBoard: tensorboard --logdir {run_dir / 'tb'})")
     # One line per process: lets anyone check that all ranks ran the same steps and hold the same weights.
-    print(f"[rank {rank}/{world}] batches={state['batch']} steps={state['update']} "
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    print(f"[rank {rank}/{world}] node={node} batches={state['batch']} steps={state['update']} "
           f"weights={weights_digest(accelerator.unwrap_model(model))}", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()

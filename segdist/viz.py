@@ -61,12 +61,27 @@ def save_png(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def class_histogram(classes: list[str], pixels: list[int], images: list[int], path: Path, title: str = "") -> None:
-    """Bar charts of pixel share and image count per class, written as PNG."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:  # noqa: ANN001
+    """Write a figure as PNG under a temporary name, then rename it; close the figure."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+    tmp.replace(path)
+
+
+def class_histogram(classes: list[str], pixels: list[int], images: list[int], path: Path, title: str = "") -> None:
+    """Bar charts of pixel share and image count per class, written as PNG."""
+    plt = _pyplot()
 
     share = np.asarray(pixels, np.float64) / max(sum(pixels), 1)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(classes) + 4), 4.5))
@@ -79,18 +94,12 @@ def class_histogram(classes: list[str], pixels: list[int], images: list[int], pa
         ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion heatmap (rows = ground truth; empty rows stay 0), written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     counts = np.asarray(confusion, np.float64)
     row_sums = counts.sum(axis=1, keepdims=True)
@@ -110,18 +119,12 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
     ax.set_ylabel("ground truth")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 def per_class_iou_png(metrics: dict, path: Path, title: str = "") -> None:
     """Horizontal bars of per-class IoU (from metrics_from_confusion) with the mIoU as a line; NaN classes left empty."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = list(metrics["per_class"])
     iou = np.array([metrics["per_class"][name]["iou"] for name in names], np.float64)
@@ -139,7 +142,4 @@ def per_class_iou_png(metrics: dict, path: Path, title: str = "") -> None:
     ax.set_xlabel("IoU")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)

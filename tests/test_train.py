@@ -52,7 +52,7 @@ def _train(shards, runs, *overrides, launcher=(), resume=False, timeout=600):
 
 
 def _ranks(output: str) -> dict[int, dict]:
-    found = re.findall(r"\[rank (\d+)/(\d+)\] batches=(\d+) steps=(\d+) weights=(\w+)", output)
+    found = re.findall(r"\[rank (\d+)/(\d+)\] node=\S+ batches=(\d+) steps=(\d+) weights=(\w+)", output)
     return {int(r): {"world": int(w), "batches": int(b), "steps": int(s), "weights": h} for r, w, b, s, h in found}
 
 
@@ -158,3 +158,12 @@ def test_sigusr1_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path):
                  resume=True)
     assert f"resumed from {tmp_path / 'pre/checkpoints'}/step_{stopped:08d} at step {stopped}" in out
     assert [e["step"] for e in _log(tmp_path / "pre")] == list(range(1, stopped + 3))
+
+
+@pytest.mark.slow
+def test_cpu_flag_trap_is_reported(shards, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` silently runs one process: segdist says so."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    out = _train(shards, tmp_path, "train.max_steps=1", "train.name=trap", launcher=launcher)
+    assert "WARNING: 2 processes were requested but the process group has 1" in out
+    assert set(_ranks(out)) == {0}
