@@ -72,7 +72,15 @@ def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
     assert "WARNING" not in out
     run = tmp_path / "ddp"
     assert [entry["step"] for entry in _log(run)] == [1, 2, 3, 4, 5]  # one writer, not two
-    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    events = list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(events[0])).Reload()
+    assert {"train/loss", "train/lr", "train/images_per_s", "val/miou", "val_iou/background"} <= set(
+        tb.Tags()["scalars"])
+    assert "val/overlay_0" in tb.Tags()["images"]
+    assert len(list((run / "val_overlays").glob("*.png"))) >= 1
     assert (run / "checkpoints/step_00000005/model.safetensors").exists()
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
 
