@@ -1,4 +1,4 @@
-"""One entry point: `segdist synth|prepare|stats|show|train|demo`."""
+"""One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo`."""
 
 from __future__ import annotations
 
@@ -173,6 +173,46 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=args.resume)
 
 
+def _tta(text: str):  # noqa: ANN202
+    from segdist.inference import parse_tta
+
+    try:
+        return parse_tta(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _inference_options(args: argparse.Namespace) -> dict:
+    from segdist.inference import NO_TTA, check_mode
+
+    try:
+        check_mode(args.mode, args.crop, args.stride)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return {"mode": args.mode, "crop": args.crop, "stride": args.stride, "tta": args.tta or NO_TTA}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from segdist.evaluate import evaluate
+
+    evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
+             batch_size=args.batch_size, workers=args.workers, tensorboard=args.tensorboard,
+             **_inference_options(args))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from segdist.predict import predict
+
+    predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+            workers=args.workers, **_inference_options(args))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from segdist.export import export
+
+    export(args.run, args.format, args.out, checkpoint=args.checkpoint, tolerance=args.tolerance)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     import json
     import subprocess
@@ -277,6 +317,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint of the run (or from PATH)")
     p.set_defaults(func=cmd_train)
+
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--run", required=True, help="run directory written by `segdist train`, e.g. runs/NAME")
+    run.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint directory/file")
+    infer = argparse.ArgumentParser(add_help=False)
+    infer.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                       help="whole image at once, or overlapping windows averaged (slide)")
+    infer.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide window size")
+    infer.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide window step")
+    infer.add_argument("--tta", type=_tta, default=None,
+                       help="flip, or scales=0.5,0.75,1.0,1.25,1.5[,flip]: softmax averaged over the views")
+    infer.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the run's data.workers)")
+
+    p = sub.add_parser("evaluate", parents=[run, infer],
+                       help="exact metrics of a run on a split (single process, or under `accelerate launch`)")
+    p.add_argument("--split", default=None, help="default: the run's data.val_split")
+    p.add_argument("--shards", default=None, help="dataset directory (default: the run's data.shards)")
+    p.add_argument("--batch-size", type=int, default=None, help="per process (default: the run's data.val_batch_size)")
+    p.add_argument("--tensorboard", action="store_true", help="also log figures and charts to the run's TensorBoard")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[run, infer], help="class-id, colour and overlay images for image files")
+    p.add_argument("--input", required=True, help="an image file, a folder, or a glob (quote it)")
+    p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", parents=[run], help="ONNX or TorchScript with dynamic height/width, checked")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", default=None, help="file (default: RUN/export/model.onnx or model.torchscript.pt)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed by the check")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the built-in default job on synthetic data")
     p.add_argument("--workdir", default="shards/demo")

@@ -176,7 +176,7 @@ def format_table(metrics: dict) -> str:
     """A console table of per-class figures (in %), then the means, pixel accuracy and absent classes."""
     rows = [(name, *(figures[key] for key in PER_CLASS_FIGURES)) for name, figures in metrics["per_class"].items()]
     width = max([len("class"), len("mean"), *(len(row[0]) for row in rows)])
-    header = f"{'class':<{width}} | {'IoU':>7} | {'Dice':>7} | {'precision':>9} | {'recall':>7}"
+    header = f"{'class':<{width}} | {'IoU %':>7} | {'Dice %':>7} | {'precision %':>11} | {'recall %':>8}"
     rule = "-" * len(header)
     lines = [header, rule]
     lines += [_table_row(*row, width=width) for row in rows]
@@ -195,7 +195,8 @@ def format_table(metrics: dict) -> str:
 
 
 def _table_row(name: str, iou: float, dice: float, precision: float, recall: float, width: int) -> str:
-    return f"{name:<{width}} | {_percent(iou):>7} | {_percent(dice):>7} | {_percent(precision):>9} | {_percent(recall):>7}"
+    return (f"{name:<{width}} | {_percent(iou):>7} | {_percent(dice):>7} | "
+            f"{_percent(precision):>11} | {_percent(recall):>8}")
 
 
 def _percent(value: float) -> str:

@@ -359,9 +359,11 @@ def log_scalars(writer, step: int, loss: float, optimizer, images_per_s: float, 
 @torch.no_grad()
 def validate(accelerator, model, normalize, cfg: Config, info: DatasetInfo, writer, step: int,  # noqa: ANN001
              run_dir: Path) -> dict:
-    """Exact, synchronised validation: every sample once across processes, one summed confusion matrix."""
-    import torch.nn.functional as F
+    """Exact, synchronised validation: every sample once across processes, one summed confusion matrix.
 
+    Predicts exactly as `segdist evaluate --mode whole` does (segdist.inference), so the two agree.
+    """
+    from segdist.inference import infer_each, labels_at
     from segdist.metrics import SegmentationMetrics, metrics_from_confusion
 
     net = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different batch counts
@@ -371,16 +373,16 @@ def validate(accelerator, model, normalize, cfg: Config, info: DatasetInfo, writ
     loader = eval_loader(cfg.data, info, cfg.data.val_split, rank=accelerator.process_index,
                          world_size=accelerator.num_processes, size=cfg.data.val_size)
     for batch in loader:
+        images = normalize(batch["images"].to(accelerator.device))
+        crops = [image[:, :h, :w] for image, (h, w) in zip(images, batch["sizes"])]
         with accelerator.autocast():
-            logits = net(normalize(batch["images"].to(accelerator.device))).float()
-        for i, (label, size) in enumerate(zip(batch["labels"], batch["sizes"])):
-            one = logits[i : i + 1, :, : size[0], : size[1]]
-            if one.shape[-2:] != label.shape:
-                one = F.interpolate(one, size=label.shape, mode="bilinear", align_corners=False)
-            pred = one.argmax(1)
-            metrics.update(pred, label[None].to(accelerator.device).long())
+            probs = infer_each(net, crops)
+        for i, (p, label) in enumerate(zip(probs, batch["labels"])):
+            pred = labels_at(p.float(), label.shape)
+            metrics.update(pred[None], label[None].to(accelerator.device).long())
             if len(overlays) < cfg.train.log_images:
-                overlays.append((batch["images"][i, :, : size[0], : size[1]], label, pred[0].cpu()))
+                h, w = batch["sizes"][i]
+                overlays.append((batch["images"][i, :, :h, :w], label, pred.cpu()))
     result = metrics_from_confusion(metrics.confusion(), info.classes)
     net.train()
     if writer is not None:

@@ -79,6 +79,17 @@ def _save_figure(fig, path: Path) -> None:  # noqa: ANN001
     tmp.replace(path)
 
 
+def save_jpeg(array: np.ndarray, path: Path, quality: int = 90) -> None:
+    """Write an RGB image as JPEG atomically (temporary name, then rename)."""
+    import os
+
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="JPEG", quality=quality)
+    os.replace(tmp, path)
+
+
 def class_histogram(classes: list[str], pixels: list[int], images: list[int], path: Path, title: str = "") -> None:
     """Bar charts of pixel share and image count per class, written as PNG."""
     plt = _pyplot()
@@ -131,8 +142,9 @@ def per_class_iou_png(metrics: dict, path: Path, title: str = "") -> None:
     missing = np.isnan(iou)
     fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(names) + 1.5)))
     ax.barh(range(len(names)), np.where(missing, 0, iou), color="tab:blue")
-    for row in np.flatnonzero(missing):
-        ax.text(0.01, row, "absent (NaN)", va="center", fontsize=7, color="grey")
+    for row, value in enumerate(iou):
+        label = "absent (NaN)" if np.isnan(value) else f"{value:.3f}"
+        ax.text(0 if np.isnan(value) else value, row, f" {label}", va="center", fontsize=7, color="dimgrey")
     if not np.isnan(metrics["miou"]):
         ax.axvline(metrics["miou"], color="tab:red", linestyle="--", label=f"mIoU {metrics['miou']:.3f}")
         ax.legend(loc="lower right")

@@ -1,0 +1,129 @@
+"""`segdist predict`: class-id, colour and overlay images for image files, each at its file's own size.
+
+For every readable input `OUT/index/<stem>.png` (class ids), `OUT/color/<stem>.png` (the
+dataset palette) and `OUT/overlay/<stem>.jpg`. Images are read by DataLoader workers and
+predicted in batches (equal sizes share a forward pass) on the GPU when there is one.
+Unreadable files are skipped, listed at the end, and never stop the others.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from segdist.data import eval_transform, single_threaded_opencv
+from segdist.inference import NO_TTA, TTA, check_mode, infer_each, labels_at
+from segdist.runs import Run, load_run
+from segdist.sources.common import DataError
+from segdist.viz import colorize, overlay, save_jpeg, save_png
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Loaded:
+    """One input file: its original RGB pixels and the resized uint8 CHW tensor, or why it could not be read."""
+
+    path: Path
+    rgb: np.ndarray | None = None
+    image: torch.Tensor | None = None
+    error: str | None = None
+
+
+class ImageFiles(Dataset):
+    """Decodes image files (any failure becomes `Loaded.error`) and resizes them as validation does."""
+
+    def __init__(self, paths: Sequence[Path], eval_size: int | None):
+        self.paths, self.transform = list(paths), eval_transform(eval_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Loaded:
+        path = self.paths[index]
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError as exc:
+            return Loaded(path, error=f"cannot read the file ({exc.strerror or exc})")
+        if not data.size:
+            return Loaded(path, error="empty file")
+        try:
+            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # e.g. a header announcing more pixels than OpenCV accepts
+            return Loaded(path, error=f"OpenCV refuses it ({str(exc).strip().splitlines()[-1]})")
+        if bgr is None:
+            return Loaded(path, error="not a decodable image")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        resized = self.transform(image=rgb)["image"]
+        return Loaded(path, rgb, torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
+
+
+def find_images(spec: str) -> list[Path]:
+    """A file, the image files of a folder, or the image files a glob matches; sorted, stems unique."""
+    path = Path(spec)
+    if path.is_file():
+        files = [path]
+    else:
+        candidates = path.iterdir() if path.is_dir() else map(Path, glob.glob(spec, recursive=True))
+        files = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) at '{spec}'")
+    clashes = [stem for stem, n in Counter(p.stem for p in files).items() if n > 1]
+    if clashes:
+        raise DataError(f"several inputs share the file stem(s) {clashes[:5]}; their outputs would overwrite each "
+                        "other: predict them into separate --out folders")
+    return files
+
+
+def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: str = "best", mode: str = "whole",
+            crop: Sequence[int] | None = None, stride: Sequence[int] | None = None, tta: TTA = NO_TTA,
+            batch_size: int = 4, workers: int | None = None) -> dict:
+    """Predict every image `inputs` names; returns {"written": [paths], "skipped": [(path, reason)]}."""
+    check_mode(mode, crop, stride)
+    files = find_images(inputs)
+    run = load_run(run_dir, checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, normalize = run.model.to(device), run.normalizer().to(device)
+    out = Path(out)
+    for folder in ("index", "color", "overlay"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    single_threaded_opencv()  # before DataLoader workers fork
+    workers = run.config.data.workers if workers is None else workers
+    loader = DataLoader(ImageFiles(files, run.eval_size), batch_size=batch_size,
+                        num_workers=min(workers, len(files)), collate_fn=list)
+    written, skipped = [], []
+    print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}")
+    with tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
+        for batch in loader:
+            readable = [item for item in batch if item.error is None]
+            skipped += [(str(item.path), item.error) for item in batch if item.error is not None]
+            images = [normalize(item.image[None].to(device, non_blocking=True))[0] for item in readable]
+            for item, probs in zip(readable, infer_each(model, images, mode, crop=crop, stride=stride, tta=tta)):
+                labels = labels_at(probs, item.rgb.shape[:2]).cpu().numpy()
+                write_prediction(item, labels, run, out)
+                written.append(str(item.path))
+            bar.update(len(batch))
+    print(f"wrote {len(written)} prediction(s) to {out}/index (class ids), {out}/color, {out}/overlay")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):\n" + "\n".join(f"  {p}: {why}" for p, why in skipped))
+    if not written:
+        raise DataError(f"none of the {len(files)} input file(s) could be read")
+    return {"written": written, "skipped": skipped}
+
+
+def write_prediction(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> None:
+    """Index PNG (uint8, uint16 past 256 classes), palette colours and an overlay JPEG, named by the input's stem."""
+    labels = labels.astype(np.uint8 if run.num_classes <= 256 else np.uint16)
+    colour = colorize(labels, run.palette, run.ignore_index)
+    save_png(labels, out / "index" / f"{item.path.stem}.png")
+    save_png(colour, out / "color" / f"{item.path.stem}.png")
+    save_jpeg(overlay(item.rgb, colour, labels), out / "overlay" / f"{item.path.stem}.jpg")

@@ -1,0 +1,144 @@
+"""A finished run as evaluate, predict and export see it: config, dataset manifest and a checkpoint's model.
+
+A run directory (`runs/NAME/`) is self-contained: `config.yaml` rebuilds the architecture,
+`dataset.json` gives the class names, palette, ignore index and normalisation, and
+`checkpoints/*/model.safetensors` holds the weights (the unwrapped model's state dict).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from segdist.config import Config, ConfigError, load_config
+from segdist.data import DatasetInfo, Normalizer, normalization
+from segdist.sources.common import DataError
+
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "segdist_state.json"  # written beside the weights by `segdist train`
+CHECKPOINT_CHOICES = "best, last or a checkpoint path"
+
+
+@dataclass
+class Run:
+    """A run's config, its dataset manifest and the model restored from one checkpoint (eval mode, CPU)."""
+
+    dir: Path
+    config: Config
+    manifest: dict
+    checkpoint: Path  # the weights file
+    step: int | None  # optimizer step the checkpoint was written at, when recorded
+    model: torch.nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["classes"])
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return self.manifest["palette"]
+
+    @property
+    def ignore_index(self) -> int:
+        return self.manifest["ignore_index"]
+
+    @property
+    def eval_size(self) -> int | None:
+        """Long side images are resized to before inference (`data.val_size`), as in validation."""
+        return self.config.data.val_size
+
+    def normalizer(self) -> Normalizer:
+        """The normalisation the model was trained with (the run's dataset.json or ImageNet's)."""
+        return Normalizer(*normalization(self.config.data, DatasetInfo(self.dir, self.manifest)))
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path)."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "dataset.json"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir} is not a segdist run: {name} is missing (runs are written by `segdist train`)")
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except ConfigError as exc:
+        raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    manifest = json.loads((run_dir / "dataset.json").read_text())
+    weights = resolve_checkpoint(run_dir, checkpoint)
+    model = build_run_model(config, len(manifest["classes"]))
+    load_weights(model, weights)
+    return Run(run_dir, config, manifest, weights, _checkpoint_step(weights), model.eval())
+
+
+def resolve_checkpoint(run_dir: Path, choice: str) -> Path:
+    """The weights file for `best`, `last` (the latest step checkpoint) or a checkpoint directory or file."""
+    checkpoints = run_dir / "checkpoints"
+    if choice == "best":
+        path = checkpoints / "best" / WEIGHTS_FILE
+        if not path.is_file():
+            raise DataError(f"{run_dir} has no best checkpoint ({path} is missing; it is written when validation "
+                            f"runs); use --checkpoint last or a path. {_available(checkpoints)}")
+        return path
+    if choice == "last":
+        steps = sorted(p for p in checkpoints.glob("step_*") if (p / WEIGHTS_FILE).is_file())
+        if not steps:
+            raise DataError(f"{run_dir} has no step checkpoint. {_available(checkpoints)}")
+        return steps[-1] / WEIGHTS_FILE
+    path = Path(choice)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise DataError(f"checkpoint '{choice}' is not {CHECKPOINT_CHOICES} holding {WEIGHTS_FILE}. "
+                        f"{_available(checkpoints)}")
+    return path
+
+
+def _available(checkpoints: Path) -> str:
+    found = sorted(p.name for p in checkpoints.glob("*") if (p / WEIGHTS_FILE).is_file())
+    return f"Checkpoints in {checkpoints}: {', '.join(found)}." if found else f"{checkpoints} holds no checkpoint."
+
+
+def _checkpoint_step(weights: Path) -> int | None:
+    state = weights.parent / STATE_FILE
+    return json.loads(state.read_text()).get("update") if state.is_file() else None
+
+
+def build_run_model(config: Config, num_classes: int) -> torch.nn.Module:
+    """The run's architecture, randomly initialised: its checkpoint replaces every weight anyway,
+    so `encoder_weights` (a hub download or a local file) is not needed again."""
+    from segdist.models import build_model
+
+    m = config.model
+    return build_model(m.arch, m.encoder, num_classes, encoder_weights=None, output_stride=m.output_stride,
+                       decoder_dropout=m.decoder_dropout)
+
+
+def load_weights(model: torch.nn.Module, weights: Path) -> None:
+    """Load a safetensors state dict strictly, tolerating torch.compile / DDP key prefixes."""
+    state = {_strip_prefixes(k): v for k, v in load_file(str(weights)).items()}
+    missing, unexpected = (sorted(keys) for keys in _key_mismatch(model, state))
+    if missing or unexpected:
+        raise DataError(f"{weights} does not fit the run's model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # shape mismatches, e.g. a checkpoint of another run with other classes
+        raise DataError(f"{weights} does not fit the run's model: {exc}") from None
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("_orig_mod.", "module."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _key_mismatch(model: torch.nn.Module, state: dict) -> tuple[set, set]:
+    expected = set(model.state_dict())
+    return expected - set(state), set(state) - expected
