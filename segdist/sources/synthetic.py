@@ -34,7 +34,7 @@ COCO_CATEGORIES: tuple[tuple[int, str, str], ...] = (
 )
 _COCO_IDS = tuple(cat_id for cat_id, _, _ in COCO_CATEGORIES)
 
-_CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
+COCO_CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
     1: (215, 50, 50),
     2: (50, 185, 60),
     3: (50, 80, 225),
@@ -49,6 +49,7 @@ _P_COMPRESSED = 0.05
 _P_TWO_PARTS = 0.15
 _P_ANCHOR = 0.30
 _MAX_INSTANCES = 6
+_TEXTURE_PERIODS = {1: 8, 2: 10, 3: 12, 4: 8, 5: 10, 18: 7}
 _JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
 
 
@@ -118,12 +119,11 @@ def write_synthetic_coco(
                 for cat_id, name, sup in COCO_CATEGORIES
             ],
         }
-        with open(out / "annotations" / f"instances_{split}.json", "w") as fh:
-            json.dump(document, fh)
+        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
     return counts
 
 
-def coco_segmentation_rle(
+def _segmentation_rle(
     segmentation: list[list[float]] | dict[str, Any], height: int, width: int
 ) -> dict[str, Any]:
     """Turn any COCO segmentation (polygons, uncompressed or compressed RLE) into one RLE."""
@@ -131,7 +131,10 @@ def coco_segmentation_rle(
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):
         return mask_utils.frPyObjects(segmentation, height, width)
-    return segmentation
+    counts = segmentation["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("utf-8")
+    return {"size": segmentation["size"], "counts": counts}
 
 
 def _coco_info(seed: int) -> dict[str, Any]:
@@ -152,7 +155,7 @@ def _coco_image(
     pixels = _coco_background(rng, width, height)
     annotations = []
     for inst in _coco_instances(rng, width, height):
-        rle = coco_segmentation_rle(inst.segmentation, height, width)
+        rle = _segmentation_rle(inst.segmentation, height, width)
         area = float(mask_utils.area(rle))
         if area <= 0:
             continue
@@ -171,18 +174,18 @@ def _coco_image(
 
 
 def _coco_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Smooth coloured noise plus a linear gradient plus a few random lines."""
+    """Smooth noise plus a linear gradient (built on a coarse grid, then upsampled) and lines."""
+    rows, cols = height // 48 + 2, width // 48 + 2
     base = rng.uniform(75, 165) + rng.uniform(-18, 18, 3)
-    cells = rng.standard_normal((height // 48 + 2, width // 48 + 2, 3)).astype(np.float32)
-    noise = cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise *= rng.uniform(10, 28)
+    cells = rng.standard_normal((rows, cols, 1)) + 0.4 * rng.standard_normal((rows, cols, 3))
+    cells *= rng.uniform(10, 28)
     angle = rng.uniform(0, 2 * np.pi)
     amplitude = rng.uniform(-45, 45) / max(width, height)
-    xs = np.arange(width, dtype=np.float32) * np.float32(np.cos(angle) * amplitude)
-    ys = np.arange(height, dtype=np.float32) * np.float32(np.sin(angle) * amplitude)
-    noise += (ys[:, None] + xs[None, :])[:, :, None]
-    noise += base.astype(np.float32)
-    pixels = np.clip(noise, 0, 255).astype(np.uint8)
+    ys = ((np.arange(rows) + 0.5) * height / rows - 0.5) * np.sin(angle) * amplitude
+    xs = ((np.arange(cols) + 0.5) * width / cols - 0.5) * np.cos(angle) * amplitude
+    cells += (ys[:, None] + xs[None, :])[:, :, None] + base
+    coarse = np.clip(cells, 0, 255).astype(np.uint8)
+    pixels = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
     for _ in range(int(rng.integers(2, 7))):
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -266,12 +269,9 @@ def _polygon(
     n = int(rng.integers(8, 21))
     step = 2 * np.pi / n
     angles = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * step + rng.uniform(0, 2 * np.pi)
+    radii = rng.uniform(0.85, 1.0, n)
     if rng.random() < 0.5:
-        radii = rng.uniform(0.85, 1.0, n)
-    else:
-        radii = np.where(np.arange(n) % 2 == 0, 1.0, rng.uniform(0.4, 0.65)) * rng.uniform(
-            0.85, 1.0, n
-        )
+        radii[1::2] *= rng.uniform(0.4, 0.65)
     aspect = rng.uniform(0.55, 1.0)
     rot = rng.uniform(0, np.pi)
     ex = radii * np.cos(angles) * radius
@@ -292,7 +292,7 @@ def _compressed_rle(
     height: int,
 ) -> dict[str, Any]:
     """Rasterise polygons (sometimes with a hole) and store them as compressed RLE."""
-    mask = np.ascontiguousarray(mask_utils.decode(coco_segmentation_rle(polygons, height, width)))
+    mask = np.ascontiguousarray(mask_utils.decode(_segmentation_rle(polygons, height, width)))
     if rng.random() < 0.5:
         hole = max(1, int(radius * rng.uniform(0.15, 0.3)))
         cv2.circle(mask, (int(cx), int(cy)), hole, 0, -1)
@@ -328,7 +328,7 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
 
 
 def _look(rng: np.random.Generator, category_id: int) -> _Look:
-    colour = np.clip(np.array(_CLASS_COLOURS[category_id]) + rng.uniform(-22, 22, 3), 0, 255)
+    colour = np.clip(np.array(COCO_CLASS_COLOURS[category_id]) + rng.uniform(-22, 22, 3), 0, 255)
     return _Look(
         colour=colour.astype(np.float32),
         dark=float(rng.uniform(0.45, 0.6)),
@@ -352,27 +352,46 @@ def _texture(category_id: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     return (xx % 7 < 2) | (yy % 7 < 2)
 
 
+def _texture_tile(category_id: int) -> np.ndarray:
+    """One period of the class texture, so it can be tiled instead of recomputed."""
+    period = _TEXTURE_PERIODS[category_id]
+    grid = np.arange(period)
+    return np.broadcast_to(_texture(category_id, grid[None, :], grid[:, None]), (period, period))
+
+
+_TEXTURE_TILES = {cat_id: _texture_tile(cat_id) for cat_id in _COCO_IDS}
+
+
+def _tiled_texture(category_id: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+    """The class texture over the window starting at pixel (x0, y0)."""
+    tile = _TEXTURE_TILES[category_id]
+    period = tile.shape[0]
+    reps = (height // period + 2, width // period + 2)
+    oy, ox = y0 % period, x0 % period
+    return np.tile(tile, reps)[oy : oy + height, ox : ox + width]
+
+
 def _paint_instance(
     pixels: np.ndarray, mask: np.ndarray, bbox: list[float], inst: _Instance
 ) -> None:
     """Paint the instance's appearance into ``pixels`` through its mask, inside its bbox."""
     x0, y0 = int(bbox[0]), int(bbox[1])
     x1, y1 = int(np.ceil(bbox[0] + bbox[2])), int(np.ceil(bbox[1] + bbox[3]))
-    inside = mask[y0:y1, x0:x1].astype(bool)
     look = inst.look
-    yy = np.arange(y0, y1)[:, None] + look.phase[1]
-    xx = np.arange(x0, x1)[None, :] + look.phase[0]
-    pattern = _texture(inst.category_id, xx, yy)
+    pattern = _tiled_texture(
+        inst.category_id, x0 + look.phase[0], y0 + look.phase[1], x1 - x0, y1 - y0
+    )
+    u = np.linspace(-look.shade[0], look.shade[0], x1 - x0, dtype=np.float32)
+    v = np.linspace(-look.shade[1], look.shade[1], y1 - y0, dtype=np.float32)
     factor = np.where(pattern, np.float32(1.0), np.float32(look.dark))
-    u = np.linspace(-1, 1, x1 - x0, dtype=np.float32)[None, :]
-    v = np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None]
-    factor = factor * (1 + look.shade[0] * u + look.shade[1] * v)
-    rgb = np.clip(factor[:, :, None] * look.colour, 0, 255).astype(np.uint8)
-    pixels[y0:y1, x0:x1][inside] = rgb[inside]
+    factor *= 1 + v[:, None] + u[None, :]
+    rgb = np.minimum(factor[:, :, None] * look.colour, 255).astype(np.uint8)
+    inside = mask[y0:y1, x0:x1, None].astype(bool)
+    np.copyto(pixels[y0:y1, x0:x1], rgb, where=inside)
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), _JPEG_PARAMS)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), _JPEG_PARAMS)
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for {path}")
     path.write_bytes(data.tobytes())
@@ -437,8 +456,8 @@ def write_synthetic_cityscapes(
             pixels = _street_pixels(rng, labels)
             city = cities[index % len(cities)]
             stem = f"{city}_000000_{index:06d}"
-            _write_png(out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-                       np.ascontiguousarray(pixels[:, :, ::-1]))
+            image_path = out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"
+            _write_png(image_path, cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
             _write_png(out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", labels)
     return counts
 
@@ -514,71 +533,70 @@ def _draw_parking(
     cv2.fillPoly(labels, [np.array(poly, dtype=np.int32)], PARKING)
 
 
-def _sidewalk_point(
-    rng: np.random.Generator, labels: np.ndarray, horizon: int
+def _ground_point(
+    rng: np.random.Generator, labels: np.ndarray, horizon: int, label: int
 ) -> tuple[int, int]:
-    """A ground point on one of the sidewalks (falls back to any ground point)."""
+    """A point below the horizon on ``label`` (falls back to any point of that row)."""
     height, width = labels.shape
     y = int(rng.uniform(horizon + 0.1 * (height - horizon), height - 1))
-    row = np.flatnonzero(labels[y] == SIDEWALK)
+    row = np.flatnonzero(labels[y] == label)
     if row.size:
         return int(row[int(rng.integers(0, row.size))]), y
     return int(rng.integers(0, width)), y
 
 
-def _draw_statics(
-    rng: np.random.Generator, labels: np.ndarray, horizon: int
-) -> None:
-    height, width = labels.shape
+def _draw_statics(rng: np.random.Generator, labels: np.ndarray, horizon: int) -> None:
+    height = labels.shape[0]
     for _ in range(int(rng.integers(1, 4))):
-        x, y = _sidewalk_point(rng, labels, horizon)
+        x, y = _ground_point(rng, labels, horizon, SIDEWALK)
         size = max(2, int((y - horizon) / max(1, height - horizon) * 0.08 * height))
         cv2.rectangle(labels, (x - size // 2, y - size), (x + size // 2, y), STATIC, -1)
 
 
-def _draw_poles(
-    rng: np.random.Generator, labels: np.ndarray, horizon: int
-) -> None:
-    height, _ = labels.shape
+def _draw_poles(rng: np.random.Generator, labels: np.ndarray, horizon: int) -> None:
+    height = labels.shape[0]
     for _ in range(int(rng.integers(1, 5))):
-        x, y = _sidewalk_point(rng, labels, horizon)
+        x, y = _ground_point(rng, labels, horizon, SIDEWALK)
         depth = (y - horizon) / max(1, height - horizon)
         top = int(y - (0.25 + 0.5 * depth) * height)
         thick = max(1, int(1 + 4 * depth))
         cv2.rectangle(labels, (x, max(0, top)), (x + thick, y), POLE, -1)
         if rng.random() < 0.6:
-            sign = max(3, int((0.03 + 0.06 * depth) * height))
-            sy = max(0, top)
-            if rng.random() < 0.5:
-                cv2.rectangle(labels, (x - sign, sy), (x + thick + sign, sy + sign), TRAFFIC_SIGN, -1)
-            else:
-                cv2.circle(labels, (x + thick // 2, sy + sign), sign, TRAFFIC_SIGN, -1)
+            sign_size = int((0.03 + 0.06 * depth) * height)
+            _draw_sign(rng, labels, x + thick // 2, max(0, top), sign_size)
 
 
-def _draw_traffic(
-    rng: np.random.Generator, labels: np.ndarray, horizon: int
-) -> None:
+def _draw_sign(rng: np.random.Generator, labels: np.ndarray, x: int, y: int, size: int) -> None:
+    """A square or round traffic sign hanging from (x, y)."""
+    size = max(3, size)
+    if rng.random() < 0.5:
+        cv2.rectangle(labels, (x - size, y), (x + size, y + 2 * size), TRAFFIC_SIGN, -1)
+    else:
+        cv2.circle(labels, (x, y + size), size, TRAFFIC_SIGN, -1)
+
+
+def _draw_traffic(rng: np.random.Generator, labels: np.ndarray, horizon: int) -> None:
     """Cars on the road and persons on the sidewalks, far ones first."""
     height, width = labels.shape
     span = max(1, height - horizon)
     objects = []
     for _ in range(int(rng.integers(1, 5))):
-        y = int(rng.uniform(horizon + 0.1 * span, height - 1))
-        objects.append((y, CAR, int(rng.uniform(0.1, 0.9) * width)))
+        x, y = _ground_point(rng, labels, horizon, ROAD)
+        objects.append((y, CAR, x))
     for _ in range(int(rng.integers(1, 5))):
-        x, y = _sidewalk_point(rng, labels, horizon)
+        x, y = _ground_point(rng, labels, horizon, SIDEWALK)
         objects.append((y, PERSON, x))
     for y, label, x in sorted(objects):
         depth = (y - horizon) / span
         if label == CAR:
-            car_w = int((0.08 + 0.3 * depth) * width)
+            car_w = max(4, int((0.06 + 0.22 * depth) * width))
             car_h = int(car_w * rng.uniform(0.4, 0.55))
             cv2.rectangle(labels, (x - car_w // 2, y - car_h // 2), (x + car_w // 2, y), CAR, -1)
             cab = (x - car_w // 3, y - car_h), (x + car_w // 4, y - car_h // 2)
             cv2.rectangle(labels, cab[0], cab[1], CAR, -1)
         else:
-            body_h = max(4, int((0.1 + 0.35 * depth) * height))
-            body_w = max(2, body_h // 4)
+            body_h = max(4, int((0.08 + 0.3 * depth) * height))
+            body_w = max(2, body_h // 5)
             cv2.rectangle(labels, (x - body_w // 2, y - body_h), (x + body_w // 2, y), PERSON, -1)
             cv2.circle(labels, (x, y - body_h - body_w // 2), max(1, body_w // 2 + 1), PERSON, -1)
 
@@ -604,25 +622,31 @@ def _street_pixels(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
     height, width = labels.shape
     palette = _CITYSCAPES_RENDER_COLOURS + rng.normal(0, 8, _CITYSCAPES_RENDER_COLOURS.shape)
     pixels = palette.astype(np.float32)[labels]
+    _add_street_textures(rng, pixels, labels)
+    pixels += (_smooth_noise(rng, 4, 6, width, height) * 12)[:, :, None]
+    pixels += rng.normal(0, 6, pixels.shape).astype(np.float32)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _add_street_textures(rng: np.random.Generator, pixels: np.ndarray, labels: np.ndarray) -> None:
+    """Windows on buildings, leafy noise on vegetation, a sky gradient, lane dashes."""
+    height, width = labels.shape
     yy = np.arange(height)[:, None]
     xx = np.arange(width)[None, :]
-    windows = ((xx % 12) < 6) & ((yy % 14) < 7) & (labels == BUILDING)
-    pixels[windows] *= 0.65
-    leaves = cv2.resize(
-        rng.standard_normal((height // 4 + 1, width // 4 + 1)).astype(np.float32),
-        (width, height),
-        interpolation=cv2.INTER_LINEAR,
-    )
+    pixels[((xx % 12) < 6) & ((yy % 14) < 7) & (labels == BUILDING)] *= 0.65
+    leaves = _smooth_noise(rng, height // 4 + 1, width // 4 + 1, width, height)
     pixels += (leaves * 30 * (labels == VEGETATION))[:, :, None]
     pixels += np.where(labels == SKY, np.float32(40 / height) * yy, 0)[:, :, None]
     dashes = (labels == ROAD) & (np.abs(xx - width // 2) < 2) & ((yy // 8) % 2 == 0)
     pixels[dashes] = (200, 200, 200)
-    light = cv2.resize(
-        rng.standard_normal((4, 6)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC
-    )
-    pixels += (light * 12)[:, :, None]
-    pixels += rng.normal(0, 6, pixels.shape).astype(np.float32)
-    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _smooth_noise(
+    rng: np.random.Generator, rows: int, cols: int, width: int, height: int
+) -> np.ndarray:
+    """Gaussian noise on a rows x cols grid, upsampled to width x height."""
+    cells = rng.standard_normal((rows, cols)).astype(np.float32)
+    return cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
