@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,13 @@ def steps_per_epoch(cfg: DataConfig, info: DatasetInfo, world_size: int) -> int:
     return max(1, math.ceil(samples / (world_size * cfg.batch_size)))
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader worker init: SIGTERM/SIGUSR1 (SLURM signals every process of a job step) are for
+    the training process, which checkpoints and then shuts its loader workers down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def single_threaded_opencv() -> None:
     """Called before DataLoader workers fork: OpenCV's thread pool is not fork-safe (a forked
     worker that touches it can deadlock), and the workers are the parallelism anyway."""
@@ -223,7 +231,7 @@ def train_loader(cfg: DataConfig, info: DatasetInfo, *, seed: int, epoch: int, r
     stream = TrainStream(cfg, info, seed, epoch, rank)
     generator = torch.Generator().manual_seed(stream_seed(seed, epoch, rank))  # keeps the global RNG untouched
     loader = wds.WebLoader(stream, batch_size=None, num_workers=cfg.workers, generator=generator,
-                           persistent_workers=False)
+                           persistent_workers=False, worker_init_fn=ignore_stop_signals)
     return loader.with_epoch(steps_per_epoch(cfg, info, world_size))
 
 
@@ -274,4 +282,5 @@ def eval_loader(cfg: DataConfig, info: DatasetInfo, split: str, *, rank: int, wo
     return DataLoader(stream, batch_size=batch_size or cfg.val_batch_size,
                       num_workers=cfg.workers if workers is None else workers,
                       collate_fn=partial(pad_collate, ignore_index=info.ignore_index),
+                      worker_init_fn=ignore_stop_signals,
                       generator=torch.Generator())  # leaves the global RNG (saved in checkpoints) untouched

@@ -142,20 +142,23 @@ def test_missing_or_empty_shard_directory(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigusr1_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_stop_signal_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path, signame):
+    """The signal goes to the whole process group, DataLoader workers included, as SLURM does."""
     import signal
     import time
 
     cmd = [sys.executable, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
            f"data.shards={shards}", f"train.runs_dir={tmp_path}", *SMALL, "train.name=pre",
            "train.max_steps=500", "optim.scheduler=constant"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     log = tmp_path / "pre/train_log.jsonl"
     deadline = time.time() + 120
     while not (log.exists() and len(log.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGUSR1)
+    os.killpg(proc.pid, getattr(signal, signame))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     summary = json.loads((tmp_path / "pre/summary.json").read_text())
