@@ -51,6 +51,10 @@ class DatasetInfo:
     def ignore_index(self) -> int:
         return self.manifest["ignore_index"]
 
+    @property
+    def palette(self) -> list[list[int]]:
+        return self.manifest["palette"]
+
     def split(self, name: str) -> dict:
         if name not in self.manifest["splits"]:
             raise DataError(f"{self.root} has no split '{name}'; it has {sorted(self.manifest['splits'])}")

@@ -24,31 +24,18 @@ CHECKPOINT_CHOICES = "best, last or a checkpoint path"
 
 
 @dataclass
-class Run:
-    """A run's config, its dataset manifest and the model restored from one checkpoint (eval mode, CPU)."""
+class Run(DatasetInfo):
+    """A run: its dataset manifest (classes, palette, ignore index: see DatasetInfo; `root` is the
+    run directory), its config and the model restored from one checkpoint (eval mode, CPU)."""
 
-    dir: Path
     config: Config
-    manifest: dict
     checkpoint: Path  # the weights file
     step: int | None  # optimizer step the checkpoint was written at, when recorded
     model: torch.nn.Module
 
     @property
-    def classes(self) -> list[str]:
-        return self.manifest["classes"]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.manifest["classes"])
-
-    @property
-    def palette(self) -> list[list[int]]:
-        return self.manifest["palette"]
-
-    @property
-    def ignore_index(self) -> int:
-        return self.manifest["ignore_index"]
+    def dir(self) -> Path:
+        return self.root
 
     @property
     def eval_size(self) -> int | None:
@@ -57,7 +44,7 @@ class Run:
 
     def normalizer(self) -> Normalizer:
         """The normalisation the model was trained with (the run's dataset.json or ImageNet's)."""
-        return Normalizer(*normalization(self.config.data, DatasetInfo(self.dir, self.manifest)))
+        return Normalizer(*normalization(self.config.data, self))
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
@@ -74,7 +61,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     weights = resolve_checkpoint(run_dir, checkpoint)
     model = build_run_model(config, len(manifest["classes"]))
     load_weights(model, weights)
-    return Run(run_dir, config, manifest, weights, _checkpoint_step(weights), model.eval())
+    return Run(run_dir, manifest, config, weights, _checkpoint_step(weights), model.eval())
 
 
 def resolve_checkpoint(run_dir: Path, choice: str) -> Path:

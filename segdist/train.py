@@ -402,7 +402,7 @@ def log_overlays(writer, overlays: list, info: DatasetInfo, step: int, out: Path
     from segdist.viz import colorize, overlay, panel, save_png
 
     out.mkdir(exist_ok=True)
-    palette = info.manifest["palette"]
+    palette = info.palette
     for i, (image, label, pred) in enumerate(overlays):
         rgb = image.numpy().transpose(1, 2, 0)
         gt, pr = label.numpy(), pred.numpy()
