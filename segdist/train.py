@@ -139,9 +139,15 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                               gradient_accumulation_steps=cfg.optim.accumulate)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
+
+    def say(*args, **kwargs) -> None:
+        """Print once for the whole job (accelerator.print prints once per node)."""
+        if main:
+            print(*args, **kwargs, flush=True)
+
     asked = requested_world_size()
     if asked is not None and asked != world:
-        accelerator.print(
+        say(
             f"\n{'!' * 78}\nsegdist: WARNING: {asked} processes were requested but the process group has "
             f"{world}.\n`accelerate launch --cpu` runs ONE process; for several CPU processes use "
             f"`--multi_gpu` (segdist forms a gloo group without CUDA), as launch/cpu-2proc.yaml does.\n{'!' * 78}\n",
@@ -176,7 +182,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / STATE_FILE).read_text())
-        accelerator.print(f"resumed from {resume_from} at step {state['update']}")
+        say(f"resumed from {resume_from} at step {state['update']}")
     step_log = run_dir / "train_log.jsonl"
     if main:
         truncate_log(step_log, state["update"])
@@ -187,7 +193,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
         writer = SummaryWriter(str(run_dir / "tb"))
     stopper = StopRequested()
-    accelerator.print(
+    say(
         f"training {cfg.model.arch}/{cfg.model.encoder} on {info.root} ({info.num_classes} classes), "
         f"{world} process(es) on {accelerator.device}, {per_epoch} batches of {cfg.data.batch_size} "
         f"per process per epoch, {total_updates} optimizer steps")
@@ -255,7 +261,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 save_checkpoint(accelerator, run_dir, state, None, name="best")
             else:
                 state["stale"] += 1
-            accelerator.print(f"epoch {state['epoch']} step {state['update']}: val mIoU {metrics['miou']:.4f} "
+            say(f"epoch {state['epoch']} step {state['update']}: val mIoU {metrics['miou']:.4f} "
                               f"(best {state['best_miou']:.4f} at step {state['best_step']})")
             patience = cfg.train.early_stop_patience
             if patience and state["stale"] >= patience:
@@ -271,7 +277,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         writer.close()
-    accelerator.print(
+    say(
         f"segdist train: {stop_reason} after {state['update']} steps; best val mIoU {state['best_miou']:.4f} "
         f"at step {state['best_step']}; run dir {run_dir} (TensorBoard: tensorboard --logdir {run_dir / 'tb'})")
     # One line per process: lets anyone check that all ranks ran the same steps and hold the same weights.

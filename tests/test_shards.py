@@ -70,7 +70,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_prepare_against_an_existing_ray_cluster(synthetic_coco, tmp_path):
     port = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    # no drain on shutdown: otherwise stopping the head waits ~30 s on a control process that is stopping too
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--memory=2000000000",
