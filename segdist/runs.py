@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from segdist.config import Config, ConfigError, load_config
 from segdist.data import DatasetInfo, Normalizer, normalization
 from segdist.sources.common import DataError
+from segdist.train import STATE_FILE, build_for_config
 
 WEIGHTS_FILE = "model.safetensors"
-STATE_FILE = "segdist_state.json"  # written beside the weights by `segdist train`
 CHECKPOINT_CHOICES = "best, last or a checkpoint path"
 
 
@@ -59,7 +59,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
         raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
     manifest = json.loads((run_dir / "dataset.json").read_text())
     weights = resolve_checkpoint(run_dir, checkpoint)
-    model = build_run_model(config, len(manifest["classes"]))
+    # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
+    model = build_for_config(config, len(manifest["classes"]), encoder_weights=False)
     load_weights(model, weights)
     return Run(run_dir, manifest, config, weights, _checkpoint_step(weights), model.eval())
 
@@ -95,16 +96,6 @@ def _available(checkpoints: Path) -> str:
 def _checkpoint_step(weights: Path) -> int | None:
     state = weights.parent / STATE_FILE
     return json.loads(state.read_text()).get("update") if state.is_file() else None
-
-
-def build_run_model(config: Config, num_classes: int) -> torch.nn.Module:
-    """The run's architecture, randomly initialised: its checkpoint replaces every weight anyway,
-    so `encoder_weights` (a hub download or a local file) is not needed again."""
-    from segdist.models import build_model
-
-    m = config.model
-    return build_model(m.arch, m.encoder, num_classes, encoder_weights=None, output_stride=m.output_stride,
-                       decoder_dropout=m.decoder_dropout)
 
 
 def load_weights(model: torch.nn.Module, weights: Path) -> None:

@@ -108,11 +108,12 @@ def build_criterion(cfg: Config, info: DatasetInfo) -> torch.nn.Module:
                       dice_weight=cfg.loss.dice_weight)
 
 
-def build_for_config(cfg: Config, num_classes: int) -> torch.nn.Module:
+def build_for_config(cfg: Config, num_classes: int, encoder_weights: bool = True) -> torch.nn.Module:
+    """The configured model; encoder_weights=False skips the pretrained encoder (a checkpoint follows)."""
     from segdist.models import build_model
 
     m = cfg.model
-    return build_model(m.arch, m.encoder, num_classes, encoder_weights=m.encoder_weights,
+    return build_model(m.arch, m.encoder, num_classes, encoder_weights=m.encoder_weights if encoder_weights else None,
                        output_stride=m.output_stride, decoder_dropout=m.decoder_dropout)
 
 

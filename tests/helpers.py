@@ -25,6 +25,15 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*argv) -> None:
     from segdist.cli import main
 

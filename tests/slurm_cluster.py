@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from helpers import free_port
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Job states after which a job will not run again (a requeued job passes through REQUEUED/PENDING).
@@ -63,11 +65,6 @@ def ensure_installed(timeout: float = 600) -> None:
     if missing_programs():
         raise RuntimeError(f"still missing after apt-get install: {missing_programs()}")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.5,

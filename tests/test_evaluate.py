@@ -8,7 +8,6 @@ and a 1e-6 difference can flip the argmax of a pixel whose two best classes tie.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import read_shards, run_cli
+from helpers import free_port, read_shards, run_cli
 
 from segdist.data import eval_transform
 from segdist.evaluate import with_class_accuracy, write_outputs
@@ -50,11 +49,6 @@ def evaluate(run: Path, *args) -> dict:
     return json.loads((run / "eval/val/metrics.json").read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _without(metrics: dict, *keys: str) -> dict:
     return {k: v for k, v in metrics.items() if k not in keys}
@@ -69,7 +63,7 @@ def test_two_processes_give_the_same_matrix_and_figures_as_one(tiny_run, capsys)
     events_before = set((tiny_run / "tb").glob("events.out.tfevents.*"))
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
-              "--main_process_port", str(_free_port()), "-m", "segdist", "evaluate", "--run", str(tiny_run),
+              "--main_process_port", str(free_port()), "-m", "segdist", "evaluate", "--run", str(tiny_run),
               "--batch-size", "2", "--workers", "1", "--tensorboard"]
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300, cwd=REPO,
                             env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))

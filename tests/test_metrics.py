@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from PIL import Image
 
 from segdist.metrics import SegmentationMetrics, format_table, metrics_from_confusion
@@ -231,11 +231,6 @@ def test_cuda_matches_cpu():
 RANK_BATCH_SIZES = {0: [2, 1], 1: [3]}  # different numbers of samples per rank
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _sync_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -253,7 +248,7 @@ def _sync_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_confusion_is_summed_across_two_gloo_ranks(tmp_path):
-    mp.spawn(_sync_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sync_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
 
     union = [b for rank in (0, 1) for b in random_batches(seed=10 + rank, sizes=RANK_BATCH_SIZES[rank])]
     extras = [random_batches(seed=20 + rank, sizes=[1])[0] for rank in (0, 1)]

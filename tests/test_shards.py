@@ -1,14 +1,13 @@
 """Shard layout: byte-identical whatever the worker count, readable by plain webdataset, Ray --address."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import pytest
-from helpers import manifest, read_shards, run_cli
+from helpers import free_port, manifest, read_shards, run_cli
 
 from segdist.sources.synthetic import write_synthetic_coco
 
@@ -61,15 +60,10 @@ def test_shard_byte_limit(synthetic_coco, tmp_path, ray_cluster):
         assert shard["samples"] == 1 or shard["bytes"] <= 40 * 1024 + 10240  # + tar's end-of-archive padding
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_prepare_against_an_existing_ray_cluster(synthetic_coco, tmp_path):
-    port = _free_port()
+    port = free_port()
     # no drain on shutdown: otherwise stopping the head waits ~30 s on a control process that is stopping too
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")

@@ -3,14 +3,13 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import free_port, run_cli
 from safetensors.numpy import load_file
 
 from segdist.sources.synthetic import write_synthetic_coco
@@ -31,11 +30,6 @@ def shards(tmp_path_factory, ray_cluster):
                 "--split", split, "--out", root / "shards", "--shard-size", "7")
     return root / "shards"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(shards, runs, *overrides, launcher=(), resume=False, timeout=600):
@@ -63,7 +57,7 @@ def _log(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "launch/cpu-2proc.yaml"), "--main_process_port", str(_free_port())]
+                str(REPO / "launch/cpu-2proc.yaml"), "--main_process_port", str(free_port())]
     out = _train(shards, tmp_path, "train.max_steps=5", "train.name=ddp", launcher=launcher)
     ranks = _ranks(out)
     assert set(ranks) == {0, 1} and all(r["world"] == 2 for r in ranks.values())
