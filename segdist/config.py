@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from segdist.coerce import TypeMismatch, coerce, describe
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "step", "plateau", "constant")
@@ -111,24 +114,29 @@ class ConfigError(ValueError):
     """A config that cannot run; the message lists the valid choices."""
 
 
-def _section_types(section: Any) -> dict[str, Any]:
-    return {f.name: f for f in dataclasses.fields(section)}
+def _field_types(section: Any) -> dict[str, Any]:
+    """Field name -> resolved type hint (the annotations are strings under `from __future__`)."""
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
 
 
 def apply(cfg: Config, values: dict, where: str = "config") -> None:
-    """Set nested values onto `cfg`, refusing unknown sections and keys."""
-    sections = _section_types(cfg)
+    """Set nested values onto `cfg`, refusing unknown sections and keys and values of the wrong type."""
+    sections = _field_types(cfg)
     for name, body in values.items():
         if name not in sections:
             raise ConfigError(f"{where}: unknown section '{name}'; valid: {', '.join(sections)}")
         section = getattr(cfg, name)
-        keys = _section_types(section)
+        keys = _field_types(section)
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: section '{name}' must be a mapping")
         for key, value in body.items():
             if key not in keys:
                 raise ConfigError(f"{where}: unknown key '{name}.{key}'; valid: {', '.join(keys)}")
-            setattr(section, key, value)
+            try:
+                setattr(section, key, coerce(value, keys[key]))
+            except TypeMismatch:
+                raise ConfigError(f"{where}: {name}.{key} = {value!r} is not a valid {describe(keys[key])}") from None
 
 
 def parse_override(text: str) -> dict:

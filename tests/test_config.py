@@ -37,3 +37,64 @@ def test_overrides_and_round_trip(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="model.encoder: Unknown timm encoder 'resnet17'"):
         load_config(None, ["model.encoder=resnet17"])
+
+
+def test_scientific_notation_is_a_float_in_overrides_and_files(tmp_path):
+    # YAML 1.1 reads 1e-4 (no dot) as the string '1e-4'; torch then fails deep inside the optimizer.
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 3E-5\n  weight_decay: 1e-2\ntrain:\n  name: 2024\n")
+    cfg = load_config(recipe)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.name) == (3e-5, 1e-2, "2024")
+    assert isinstance(cfg.optim.lr, float)
+
+
+def _wrong_value(hint):
+    """A value no member of the field's type accepts: 'fast' for a float, '1.5' for an int, ..."""
+    import typing
+
+    members = [m for m in (typing.get_args(hint) or (hint,)) if m is not type(None)]
+    if len(members) == 1 and members[0] in (float, int, bool):
+        return {float: "fast", int: "1.5", bool: "maybe"}[members[0]]
+    if any(typing.get_origin(m) is dict for m in members):
+        return [1, 2]
+    if str in members:
+        return {"a": 1}  # str accepts numbers (a run named 2024), never a mapping
+    return "not-a-list"  # list fields
+
+
+def _field_cases():
+    """(section.key, a value of the wrong type, the type's description) for every field of every section."""
+    import dataclasses
+    import typing
+
+    from segdist.coerce import describe
+    from segdist.config import Config
+
+    for section in dataclasses.fields(Config):
+        for key, hint in typing.get_type_hints(type(getattr(Config(), section.name))).items():
+            yield f"{section.name}.{key}", _wrong_value(hint), describe(hint)
+
+
+@pytest.mark.parametrize("key,bad,expected", list(_field_cases()), ids=lambda v: str(v)[:30])
+def test_every_field_refuses_a_value_of_the_wrong_type_naming_key_value_and_type(key, bad, expected):
+    import yaml
+
+    override = f"{key}={yaml.safe_dump(bad, default_flow_style=True).strip()}"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert key in message and repr(bad) in message and expected in message, message
+
+
+def test_values_are_coerced_to_their_field_types():
+    cfg = load_config(None, ["data.batch_size=4.0", "optim.grad_clip=1", "data.crop_size=[64, 96.0]",
+                             "data.base_size=null", "loss.class_weights=[1, 2]", "loss.class_weights=inverse"])
+    assert cfg.data.batch_size == 4 and isinstance(cfg.data.batch_size, int)
+    assert cfg.optim.grad_clip == 1.0 and isinstance(cfg.optim.grad_clip, float)
+    assert cfg.data.crop_size == [64, 96] and cfg.data.base_size is None
+    assert cfg.loss.class_weights == "inverse"
+    assert load_config(None, ["loss.class_weights=[1, 2]"]).loss.class_weights == [1.0, 2.0]
+    for bad in ("train.epochs=true", "model.channels_last=1", "data.hflip=[0.5]", "data.crop_size=64"):
+        with pytest.raises(ConfigError, match="is not a valid"):
+            load_config(None, [bad])
