@@ -1,194 +1,158 @@
-"""Training-side benchmarks, each a ratio against a baseline measured in the same run.
+"""Training benchmarks, each a ratio against a baseline measured in the same run, repeated.
 
-(a) loader: segdist's shard reader vs a folder-of-files torch Dataset (PIL decode, the same
-    albumentations pipeline, the same DataLoader workers) on the same synthetic COCO images.
-(b) step overhead: `segdist train`'s loop vs a bare PyTorch loop (same model, batch, optimizer)
-    both fed the same in-memory tensors, so only the loop itself differs.
-(c) on a GPU: bf16 + channels_last vs fp32 images/s for U-Net-ResNet34 at 512x512.
+(a) end to end on the real CamVid (../shared/data/camvid): `segdist train` vs the hand-written
+    loop the prior reports use (benchmarks/plain_loop.py: folder Dataset with PIL, albumentations,
+    the same smp U-Net-ResNet18 from scratch, Adam, CE), 192x256 crops, batch 8, 1 loader worker,
+    with 1 process and with 2 processes (DDP, gloo). Images/s over the steady steps.
+(b) the loop itself with 2 processes: segdist's loop (benchmarks/segdist_in_memory.py) vs the bare
+    DDP loop, both fed one in-memory batch, so only the loops differ; collectives and syncs included.
+(c) the loader alone: `segdist bench-data` vs the folder Dataset's DataLoader on the same images.
 
-    python benchmarks/train.py [--images 300] [--workers 2] [--steps 30]
+    python benchmarks/train.py [--steps 40] [--repeat 2] [--parts a,b,c]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
+WARM = 5  # steps left out of every figure: start-up, first allocations, worker start
+# segdist configured as the plain loop is: same model, crop, batch, optimizer, loss, augmentation.
+SAME_AS_PLAIN = ["model.arch=unet", "model.encoder=resnet18", "data.crop_size=[192,256]", "data.batch_size=8",
+                 "data.workers=1", "data.scale_range=[0.5,2.0]", "data.hflip=0.5", "data.normalize=imagenet",
+                 "optim.name=adam", "optim.lr=0.001", "optim.weight_decay=0.0", "optim.scheduler=constant",
+                 "loss.name=ce", "train.val_every=1000", "train.log_every=10", "data.epoch_samples=100000",
+                 "data.shuffle_buffer=64"]
 
 
-class FolderDataset(torch.utils.data.Dataset):
-    """What a hand-written pipeline does: PIL-open an image and a mask file per sample."""
-
-    def __init__(self, image_dir: Path, mask_dir: Path, transform):
-        self.images = sorted(image_dir.glob("*.jpg"))
-        self.mask_dir, self.transform = mask_dir, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        image = np.asarray(Image.open(self.images[i]).convert("RGB"))
-        mask = np.asarray(Image.open(self.mask_dir / f"{self.images[i].stem}.png"))
-        out = self.transform(image=image, mask=mask)
-        return torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), torch.from_numpy(out["mask"].astype(np.int64))
+def prepare_camvid(out: Path) -> Path:
+    """CamVid train and val as segdist shards (not timed)."""
+    for split, images, masks in (("train", "train", "trainannot"), ("val", "val", "valannot")):
+        subprocess.run([sys.executable, "-m", "segdist", "prepare", "folder", "--images", str(CAMVID / images),
+                        "--masks", str(CAMVID / masks), "--classes", CLASSES, "--source-ignore", "11",
+                        "--split", split, "--out", str(out), "--shard-size", "64"], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+    return out
 
 
-def images_per_second(batches, limit: int, prepare=lambda images, labels: (images, labels)) -> float:
-    n, start = 0, None
-    for images, labels in batches:
-        images, labels = prepare(images, labels)  # segdist normalises on the device: counted here
-        if start is None:  # first batch includes worker start-up for both loaders: leave it out
-            start = time.perf_counter()
-            continue
-        n += images.shape[0]
-        if n >= limit:
-            break
-    return n / (time.perf_counter() - start)
+def launch(processes: int, accelerate: bool) -> list[str]:
+    if processes == 1:
+        return [sys.executable]
+    if accelerate:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
+                "--num_processes", str(processes), "--main_process_port", str(29600 + os.getpid() % 300)]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", str(29900 + os.getpid() % 300)]
 
 
-def bench_loader(work: Path, n_images: int, workers: int, batch: int) -> list[tuple[float, float]]:
-    """(segdist, folder) img/s with the full augmentation, then with a plain crop (the reader's share)."""
-    from segdist.cli import main
-    from segdist.config import DataConfig
-    import albumentations as A
-
-    from segdist.data import Normalizer, load_dataset_info, normalization, train_loader, train_transform
-    from segdist.sources.synthetic import write_synthetic_coco
-
-    write_synthetic_coco(work / "raw", n_images, val_images=1, seed=0)
-    main(["prepare", "coco", "--images", str(work / "raw/train"), "--annotations",
-          str(work / "raw/annotations/instances_train.json"), "--classes", "person,bicycle,car",
-          "--out", str(work / "shards"), "--keep-empty", "--shard-size", "64"])
-    info = load_dataset_info(work / "shards")
-    # the folder baseline gets the very same images and label maps as files
-    import webdataset as wds
-
-    (work / "folder/images").mkdir(parents=True)
-    (work / "folder/masks").mkdir()
-    for s in wds.WebDataset(info.urls("train"), shardshuffle=False):
-        (work / "folder/images" / f"{s['__key__']}.jpg").write_bytes(s["jpg"])
-        (work / "folder/masks" / f"{s['__key__']}.png").write_bytes(s["seg.png"])
-    results = []
-    for augment in (dict(color_jitter=0.5), dict(scale_range=[1.0, 1.0], hflip=0.0)):
-        cfg = DataConfig(shards=str(work / "shards"), crop_size=[384, 384], batch_size=batch, workers=workers,
-                         epoch_samples=10**6, **augment)
-        limit = 2 * n_images
-        normalize = Normalizer(*normalization(cfg, info))
-        seg = images_per_second(train_loader(cfg, info, seed=0, epoch=0, rank=0, world_size=1), limit,
-                                lambda images, labels: (normalize(images), labels.long()))
-        # the hand-written way: the same augmentation, then Normalize in the worker, float32/int64 out
-        transform = A.Compose([train_transform(cfg, info, seed=0), A.Normalize(*normalization(cfg, info))])
-        folder = FolderDataset(work / "folder/images", work / "folder/masks", transform)
-        sampler = torch.utils.data.RandomSampler(folder, replacement=True, num_samples=10**6)
-        base = images_per_second(torch.utils.data.DataLoader(folder, batch_size=batch, sampler=sampler,
-                                                             num_workers=workers, drop_last=True), limit)
-        results.append((seg, base))
-    return results
+def images_per_second(times: list[float], images_per_step: int) -> float:
+    """Steady throughput: the steps after the first WARM ones."""
+    steady = times[WARM:]
+    return images_per_step * (len(steady) - 1) / (steady[-1] - steady[0])
 
 
-def bench_step(work: Path, steps: int, batch: int) -> tuple[float, float]:
-    """Seconds per step: segdist's loop vs a bare loop, same model/optimizer/in-memory batch."""
-    from segdist import train as train_mod
+def segdist_rate(shards: Path, work: Path, processes: int, steps: int, in_memory: bool = False) -> float:
+    name = f"{'mem' if in_memory else 'e2e'}{processes}-{time.time_ns()}"
+    entry = [str(REPO / "benchmarks/segdist_in_memory.py")] if in_memory else ["-m", "segdist", "train"]
+    cmd = [*launch(processes, accelerate=True), *entry, "--config", str(REPO / "configs/demo.yaml"),
+           f"data.shards={shards}", f"train.runs_dir={work}", f"train.name={name}", f"train.max_steps={steps}",
+           *SAME_AS_PLAIN]
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = [json.loads(line) for line in (work / name / "train_log.jsonl").read_text().splitlines()]
+    return images_per_second([e["time"] for e in log], 8 * processes)
+
+
+def plain_rate(processes: int, steps: int, in_memory: bool = False) -> float:
+    cmd = [*launch(processes, accelerate=False), str(REPO / "benchmarks/plain_loop.py"), "--steps", str(steps),
+           "--images", str(CAMVID / "train"), "--masks", str(CAMVID / "trainannot"), "--encoder", "resnet18",
+           "--crop", "192", "256", "--batch", "8", "--workers", "1", *(["--in-memory"] if in_memory else [])]
+    out = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    return images_per_second(result["times"], result["batch"] * result["world"])
+
+
+def compare(label: str, ours, theirs, repeat: int) -> None:  # noqa: ANN001
+    """Alternate the two measurements `repeat` times; print each pair, its ratio and the median ratio."""
+    ratios = []
+    for i in range(repeat):
+        a, b = ours(), theirs()
+        ratios.append(a / b)
+        print(f"  {label} run {i + 1}: segdist {a:6.2f} img/s   baseline {b:6.2f} img/s   ratio {a / b:.3f}x",
+              flush=True)
+    print(f"  {label}: median ratio {statistics.median(ratios):.3f}x over {repeat} runs", flush=True)
+
+
+def loader_part(shards: Path, seconds: float) -> None:
+    """segdist's loader alone vs the plain loop's DataLoader (PIL + the same augmentation, Normalize)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from plain_loop import FolderDataset, augmentation
+
+    from segdist.benchdata import measure
     from segdist.config import load_config
-    from segdist.losses import build_loss
-    from segdist.models import build_model
 
-    torch.manual_seed(0)
-    images = torch.randn(batch, 3, 256, 256)
-    labels = torch.randint(0, 4, (batch, 256, 256))
-
-    model = build_model("unet", "resnet18", 4)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    criterion = build_loss("ce", 4)
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
-    bare = (time.perf_counter() - start) / steps
-
-    # segdist's real loop, with its loader swapped for the same in-memory batch
-    train_mod.train_loader = lambda *a, **k: [(images, labels)] * (steps + 3)
-    train_mod.validate = lambda *a, **k: {"miou": 0.0}
-    cfg = load_config(REPO / "configs/demo.yaml", [
-        f"data.shards={work / 'shards'}", "data.val_split=train", f"train.runs_dir={work / 'runs'}", "model.encoder=resnet18",
-        f"data.batch_size={batch}", "data.epoch_samples=1000000", f"train.max_steps={steps + 3}",
-        "optim.scheduler=constant", "train.log_every=10", "train.checkpoint_every=100000", "train.keep_last=1",
-    ])
-    train_mod.train(cfg)
-    log = [json.loads(line) for line in (work / "runs/demo/train_log.jsonl").read_text().splitlines()]
-    assert len(log) == steps + 3
-    return (log[-1]["time"] - log[2]["time"]) / steps, bare
-
-
-def bench_gpu(steps: int) -> tuple[float, float] | None:
-    if not torch.cuda.is_available():
-        return None
-    from segdist.models import build_model
-
-    def run(bf16: bool) -> float:
-        torch.manual_seed(0)
-        model = build_model("unet", "resnet34", 19).cuda()
-        images = torch.randn(8, 3, 512, 512, device="cuda")
-        labels = torch.randint(0, 19, (8, 512, 512), device="cuda")
-        if bf16:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        for i in range(steps + 5):
-            if i == 5:
-                torch.cuda.synchronize()
+    cfg = load_config(REPO / "configs/demo.yaml", [f"data.shards={shards}", *SAME_AS_PLAIN])
+    for workers in (1, 2):
+        ours = measure(cfg, workers, seconds)["images_per_s"]
+        dataset = FolderDataset(CAMVID / "train", CAMVID / "trainannot", augmentation((192, 256), 11))
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**6)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=workers)
+        images, start = 0, None
+        for batch, _ in loader:
+            if start is None:
                 start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        return 8 * steps / (time.perf_counter() - start)
-
-    return run(True), run(False)
+                continue
+            images += batch.shape[0]
+            if time.perf_counter() - start >= seconds:
+                break
+        theirs = images / (time.perf_counter() - start)
+        print(f"  loader, {workers} worker(s): segdist {ours:6.1f} img/s   folder Dataset {theirs:6.1f} img/s   "
+              f"ratio {ours / theirs:.2f}x", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--parts", default="a,b,c")
+    parser.add_argument("--seconds", type=float, default=20.0, help="(c): measuring time per loader")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if not CAMVID.is_dir():
+        sys.exit(f"{CAMVID} is missing: these benchmarks use the real CamVid beside the repo")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        loaders = bench_loader(work, args.images, args.workers, args.batch)
-        step_seg, step_bare = bench_step(work, args.steps, 4)
-    gpu = bench_gpu(args.steps)
-    print(f"\n(a) loader, synthetic COCO 640x480, {args.workers} workers, batch {args.batch}:")
-    for label, (seg, base) in zip(("random scale 0.5-2 + crop 384 + flip + colour jitter", "plain crop 384"), loaders):
-        print(f"    {label:<52} segdist shards {seg:7.1f} img/s   folder Dataset {base:7.1f} img/s   "
-              f"ratio {seg / base:.2f}x")
-    print(f"(b) step, U-Net-ResNet18 256x256 batch 4, AdamW, CPU ({torch.get_num_threads()} threads):")
-    print(f"    segdist loop {step_seg * 1e3:8.1f} ms/step   bare loop {step_bare * 1e3:8.1f} ms/step   "
-          f"overhead {(step_seg / step_bare - 1) * 100:+.1f}%")
-    if gpu is None:
-        print("(c) GPU bf16 + channels_last vs fp32: no CUDA device here, not measured")
-    else:
-        print(f"(c) U-Net-ResNet34 512x512 batch 8 on {torch.cuda.get_device_name()}: bf16+channels_last "
-              f"{gpu[0]:.1f} img/s, fp32 {gpu[1]:.1f} img/s, ratio {gpu[0] / gpu[1]:.2f}x")
+        shards = prepare_camvid(work / "camvid")
+        if "a" in args.parts:
+            print(f"(a) end to end, real CamVid, U-Net-ResNet18 from scratch, 192x256, batch 8 per process, "
+                  f"1 loader worker, Adam, {args.steps} steps ({WARM} left out):", flush=True)
+            for processes in (1, 2):
+                compare(f"{processes} process(es)", lambda p=processes: segdist_rate(shards, work, p, args.steps),
+                        lambda p=processes: plain_rate(p, args.steps), args.repeat)
+        if "b" in args.parts:
+            print("(b) the loop alone, 2 processes (DDP over gloo), one in-memory batch of 8 x 3 x 192 x 256:",
+                  flush=True)
+            ratios = []
+            for i in range(args.repeat):
+                ours, bare = segdist_rate(shards, work, 2, args.steps, True), plain_rate(2, args.steps, True)
+                ratios.append(bare / ours)
+                print(f"  run {i + 1}: segdist loop {8 * 2 / ours * 1000:7.1f} ms/step   bare DDP loop "
+                      f"{8 * 2 / bare * 1000:7.1f} ms/step   overhead {(bare / ours - 1) * 100:+.1f}%", flush=True)
+            print(f"  overhead: median {(statistics.median(ratios) - 1) * 100:+.1f}% (target: at most +5%)")
+        if "c" in args.parts:
+            print("(c) the loader alone (no model), CamVid, 192x256 crops with random scale and flip, batch 8:")
+            loader_part(shards, args.seconds)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -164,13 +164,27 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from segdist.config import ConfigError, load_config
+    from segdist.distributed import errors_reported_once
     from segdist.train import train
 
     try:
         cfg = load_config(args.config, args.overrides)
     except (ConfigError, ValueError) as exc:
         raise DataError(str(exc)) from None
-    train(cfg, resume=args.resume)
+    with errors_reported_once():
+        train(cfg, resume=args.resume)
+
+
+def cmd_bench_data(args: argparse.Namespace) -> None:
+    from segdist.benchdata import bench_data
+    from segdist.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    workers = [int(w) for w in args.workers.split(",")] if args.workers else None
+    bench_data(cfg, workers, seconds=args.seconds)
 
 
 def _tta(text: str):  # noqa: ANN202
@@ -193,11 +207,13 @@ def _inference_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from segdist.distributed import errors_reported_once
     from segdist.evaluate import evaluate
 
-    evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
-             batch_size=args.batch_size, workers=args.workers, tensorboard=args.tensorboard,
-             **_inference_options(args))
+    with errors_reported_once():
+        evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
+                 batch_size=args.batch_size, workers=args.workers, tensorboard=args.tensorboard,
+                 **_inference_options(args))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -317,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the latest checkpoint of the run (or from PATH)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench-data", help="the training loader alone at full speed: images/s per process and core")
+    p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--workers", default=None, help="worker counts to try, e.g. 1,2,4 (default: data.workers)")
+    p.add_argument("--seconds", type=float, default=15.0, help="measuring time per worker count")
+    p.set_defaults(func=cmd_bench_data)
 
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", required=True, help="run directory written by `segdist train`, e.g. runs/NAME")

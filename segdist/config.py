@@ -16,13 +16,14 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "step", "plateau", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
 NORMALIZE = ("dataset", "imagenet")
+NONFINITE = ("stop", "skip")
 CLASS_WEIGHTS = ("inverse", "median_freq")
 
 
 @dataclass
 class DataConfig:
     shards: str = "shards/demo"  # a directory written by `segdist prepare`
-    train_split: str = "train"
+    train_split: str | list[str] = "train"  # one split, or several trained on together: [train, val]
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # H, W
     base_size: int | None = None  # resize the long side to this before scaling (None: keep)
@@ -95,7 +96,14 @@ class TrainConfig:
     keep_last: int = 3
     early_stop_patience: int | None = None  # validations without mIoU gain
     log_every: int = 10  # steps
-    log_images: int = 4  # validation overlays written to TensorBoard
+    log_images: int = 4  # validation overlays written to the trackers
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers
+    project: str = "segdist"  # tracker project (W&B project, MLflow experiment)
+    collective_timeout: float = 300.0  # seconds a rank waits in a collective for a silent peer
+    nonfinite: str = "stop"  # NaN/inf loss: "stop" the run, or "skip" the update
+    max_nonfinite: int = 10  # "skip": give up after this many non-finite updates in a row
+    ema_decay: float | None = None  # exponential moving average of the weights (e.g. 0.999); None: off
+    budget: str | None = None  # wall-clock budget, e.g. 50m or 2h: sets max_steps to fit it
 
 
 @dataclass
@@ -179,6 +187,18 @@ def validate(cfg: Config) -> None:
     _choice(cfg.optim.scheduler, SCHEDULERS, "optim.scheduler")
     _choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
     _choice(cfg.data.normalize, NORMALIZE, "data.normalize")
+    _choice(cfg.train.nonfinite, NONFINITE, "train.nonfinite")
+    if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay {cfg.train.ema_decay} must be between 0 and 1 (e.g. 0.999)")
+    if cfg.train.budget is not None:
+        from segdist.budget import parse_duration
+
+        try:
+            parse_duration(cfg.train.budget)
+        except ValueError as exc:
+            raise ConfigError(f"train.budget: {exc}") from None
+    if not cfg.data.train_split:
+        raise ConfigError("data.train_split names no split")
     if cfg.model.arch != "resunet_attention":
         from segdist.models import _check_timm_encoder
 

@@ -10,19 +10,19 @@ every figure comes from that one matrix. Only the main process writes, under
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from segdist.data import eval_loader, load_dataset_info
-from segdist.inference import NO_TTA, TTA, check_mode, infer_each, labels_at
+from segdist.distributed import agree, make_accelerator
+from segdist.inference import NO_TTA, TTA, check_mode
 from segdist.manifest import write_json_atomic
 from segdist.metrics import SegmentationMetrics, format_table, metrics_from_confusion
 from segdist.runs import Run, load_run
+from segdist.scoring import score
 from segdist.sources.common import DataError
 
 NAN_NOTE = (
@@ -41,8 +41,9 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
     Returns the report written to metrics.json (on every process; only the main one writes it).
     """
     check_mode(mode, crop, stride)
-    accelerator = _accelerator()
     run = load_run(run_dir, checkpoint)
+    accelerator = make_accelerator(mixed_precision=run.config.train.mixed_precision,
+                                   timeout_s=run.config.train.collective_timeout)
     split = split or run.config.data.val_split
     info = load_dataset_info(shards or run.config.data.shards)
     if info.classes != run.classes or info.ignore_index != run.ignore_index:
@@ -51,27 +52,33 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
     expected = info.split(split)["samples"]
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
+    precision = run.config.train.mixed_precision
     metrics = SegmentationMetrics(run.num_classes, run.ignore_index).to(device)
     batch_size = batch_size or run.config.data.val_batch_size
-    loader = eval_loader(run.config.data, info, split, rank=rank, world_size=world, size=run.eval_size,
-                         batch_size=batch_size, workers=workers)
     accelerator.print(f"evaluating {run.checkpoint} on {info.root} split '{split}' ({expected} samples), "
-                      f"{world} process(es) on {device}, mode {mode}, TTA {tta}")
-    with tqdm(total=math.ceil(expected / world), disable=not main, desc=f"evaluate {split}", unit="img",
-              dynamic_ncols=True) as bar:
-        samples = accumulate(run, loader, metrics, device, bar, mode=mode, crop=crop, stride=stride, tta=tta)
+                      f"{world} process(es) on {device}, mode {mode}, TTA {tta}, precision {precision}")
+    with eval_loader(run.config.data, info, split, rank=rank, world_size=world, size=run.eval_size,
+                     batch_size=batch_size, workers=workers) as loader, \
+            tqdm(total=math.ceil(expected / world), disable=not main, desc=f"evaluate {split}", unit="img",
+                 dynamic_ncols=True) as bar:
+        scored = score(run.model.to(device), loader, run.normalizer().to(device), metrics, device=device,
+                       precision=precision, mode=mode, crop=crop, stride=stride, tta=tta, progress=bar.update)
     confusion = metrics.confusion()  # collective: sums every process's matrix
-    samples = int(accelerator.reduce(torch.tensor([samples], device=device), "sum").item())
+    samples, unreadable = (int(v) for v in agree(accelerator, scored.samples, len(scored.unreadable)))
     report = {
         "run": str(run.dir), "checkpoint": str(run.checkpoint), "checkpoint_step": run.step,
-        "split": split, "shards": str(info.root), "samples": samples, "world_size": world,
-        "batch_size": batch_size, "eval_size": run.eval_size, "mode": mode,
+        "split": split, "shards": str(info.root), "samples": samples, "unreadable_samples": unreadable,
+        "unreadable_examples": [list(u) for u in scored.unreadable[:20]], "world_size": world,
+        "batch_size": batch_size, "eval_size": run.eval_size, "mode": mode, "precision": precision,
         "crop": list(crop) if crop else None, "stride": list(stride) if stride else None, "tta": str(tta),
         **with_class_accuracy(metrics_from_confusion(confusion, run.classes)),
         "note": NAN_NOTE,
     }
     if main:
-        if samples != expected:
+        if unreadable:
+            print(f"segdist: WARNING: {unreadable} sample(s) of split '{split}' could not be read and are not "
+                  f"scored, e.g. {scored.unreadable[:3]}", file=sys.stderr)
+        elif samples != expected:
             print(f"segdist: WARNING: evaluated {samples} samples but {info.root}/dataset.json lists {expected} "
                   f"for split '{split}'", file=sys.stderr)
         out = run.dir / "eval" / split
@@ -82,39 +89,6 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
             log_to_tensorboard(run, report, out)
     accelerator.wait_for_everyone()
     return report
-
-
-def accumulate(run: Run, loader, metrics: SegmentationMetrics, device: torch.device, bar: tqdm,  # noqa: ANN001
-               **inference) -> int:
-    """Score this process's share of the split into `metrics`; returns how many samples it scored."""
-    model, normalize = run.model.to(device), run.normalizer().to(device)
-    samples = 0
-    for batch in loader:
-        images = normalize(batch["images"].to(device, non_blocking=True))
-        # each image at its own size: padding to a batch neighbour's size would change its prediction
-        crops = [images[i, :, :h, :w] for i, (h, w) in enumerate(batch["sizes"])]
-        for probs, label in zip(infer_each(model, crops, **inference), batch["labels"]):
-            label = label.to(device, non_blocking=True).long()
-            metrics.update(labels_at(probs, label.shape)[None], label[None])
-        samples += len(crops)
-        bar.update(len(crops))
-    return samples
-
-
-def _accelerator():
-    """Accelerator for one process or `accelerate launch`; without CUDA several processes form a gloo group."""
-    from accelerate import Accelerator
-
-    from segdist.train import requested_world_size
-
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=cpu)
-    asked = requested_world_size()
-    if asked is not None and asked != accelerator.num_processes:
-        accelerator.print(f"segdist: WARNING: {asked} processes were requested but the process group has "
-                          f"{accelerator.num_processes} (`accelerate launch --cpu` runs ONE process; "
-                          f"see launch/cpu-2proc.yaml)", file=sys.stderr)
-    return accelerator
 
 
 def with_class_accuracy(figures: dict) -> dict:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segdist.data import Normalizer
+from segdist.augment import Normalizer
 from segdist.runs import Run, load_run
 from segdist.sources.common import DataError
 

@@ -332,3 +332,11 @@ class ResUNetAttention(nn.Module):
         for up, skip in zip(self.up_stages, reversed(skips)):
             x = up(x, skip)
         return self.head(self.dropout(x))
+
+
+def build_from_config(model_cfg, num_classes: int, pretrained: bool = True) -> nn.Module:  # noqa: ANN001
+    """The model a config's `model` section describes; pretrained=False skips the encoder weights
+    (when a checkpoint follows and replaces every weight anyway)."""
+    return build_model(model_cfg.arch, model_cfg.encoder, num_classes,
+                       encoder_weights=model_cfg.encoder_weights if pretrained else None,
+                       output_stride=model_cfg.output_stride, decoder_dropout=model_cfg.decoder_dropout)

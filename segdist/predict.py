@@ -17,12 +17,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from segdist.data import eval_transform, single_threaded_opencv
+from segdist.augment import eval_transform
+from segdist.images import decode_rgb
 from segdist.inference import NO_TTA, TTA, check_mode, infer_each, labels_at
 from segdist.runs import Run, load_run
+from segdist.scoring import autocast
+from segdist.workers import Loader
 from segdist.sources.common import DataError
 from segdist.viz import colorize, overlay, save_jpeg, save_png
 
@@ -57,12 +60,11 @@ class ImageFiles(Dataset):
         if not data.size:
             return Loaded(path, error="empty file")
         try:
-            bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            rgb = decode_rgb(data)  # the stored pixel grid: EXIF orientation is not applied (see images.py)
         except cv2.error as exc:  # e.g. a header announcing more pixels than OpenCV accepts
             return Loaded(path, error=f"OpenCV refuses it ({str(exc).strip().splitlines()[-1]})")
-        if bgr is None:
+        if rgb is None:
             return Loaded(path, error="not a decodable image")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         resized = self.transform(image=rgb)["image"]
         return Loaded(path, rgb, torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))))
 
@@ -96,18 +98,21 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
     out = Path(out)
     for folder in ("index", "color", "overlay"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    single_threaded_opencv()  # before DataLoader workers fork
     workers = run.config.data.workers if workers is None else workers
-    loader = DataLoader(ImageFiles(files, run.eval_size), batch_size=batch_size,
-                        num_workers=min(workers, len(files)), collate_fn=list)
     written, skipped = [], []
-    print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}")
-    with tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
+    precision = run.config.train.mixed_precision
+    print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}, "
+          f"precision {precision}")
+    with Loader(ImageFiles(files, run.eval_size), batch_size=batch_size, num_workers=min(workers, len(files)),
+                collate_fn=list) as loader, \
+            tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             readable = [item for item in batch if item.error is None]
             skipped += [(str(item.path), item.error) for item in batch if item.error is not None]
             images = [normalize(item.image[None].to(device, non_blocking=True))[0] for item in readable]
-            for item, probs in zip(readable, infer_each(model, images, mode, crop=crop, stride=stride, tta=tta)):
+            with autocast(device, precision):
+                probs_list = infer_each(model, images, mode, crop=crop, stride=stride, tta=tta)
+            for item, probs in zip(readable, probs_list):
                 labels = labels_at(probs, item.rgb.shape[:2]).cpu().numpy()
                 write_prediction(item, labels, run, out)
                 written.append(str(item.path))

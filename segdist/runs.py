@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from segdist import checkpoints
 from segdist.config import Config, ConfigError, load_config
 from segdist.data import DatasetInfo, Normalizer, normalization
+from segdist.ema import model_weights
+from segdist.models import build_from_config
 from segdist.sources.common import DataError
-from segdist.train import STATE_FILE, build_for_config
 
-WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_CHOICES = "best, last or a checkpoint path"
 
 
@@ -48,7 +49,10 @@ class Run(DatasetInfo):
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
-    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path)."""
+    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path).
+
+    With `train.ema_decay` set, the model holds the checkpoint's moving average of the weights.
+    """
     run_dir = Path(run_dir)
     for name in ("config.yaml", "dataset.json"):
         if not (run_dir / name).is_file():
@@ -58,49 +62,22 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     except ConfigError as exc:
         raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
     manifest = json.loads((run_dir / "dataset.json").read_text())
-    weights = resolve_checkpoint(run_dir, checkpoint)
+    path = checkpoints.resolve(run_dir, checkpoint)
+    use_ema = config.train.ema_decay is not None and (path / checkpoints.EMA_FILE).is_file()
+    weights = path / (checkpoints.EMA_FILE if use_ema else checkpoints.WEIGHTS_FILE)
     # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
-    model = build_for_config(config, len(manifest["classes"]), encoder_weights=False)
+    model = build_from_config(config.model, len(manifest["classes"]), pretrained=False)
     load_weights(model, weights)
-    return Run(run_dir, manifest, config, weights, _checkpoint_step(weights), model.eval())
-
-
-def resolve_checkpoint(run_dir: Path, choice: str) -> Path:
-    """The weights file for `best`, `last` (the latest step checkpoint) or a checkpoint directory or file."""
-    checkpoints = run_dir / "checkpoints"
-    if choice == "best":
-        path = checkpoints / "best" / WEIGHTS_FILE
-        if not path.is_file():
-            raise DataError(f"{run_dir} has no best checkpoint ({path} is missing; it is written when validation "
-                            f"runs); use --checkpoint last or a path. {_available(checkpoints)}")
-        return path
-    if choice == "last":
-        steps = sorted(p for p in checkpoints.glob("step_*") if (p / WEIGHTS_FILE).is_file())
-        if not steps:
-            raise DataError(f"{run_dir} has no step checkpoint. {_available(checkpoints)}")
-        return steps[-1] / WEIGHTS_FILE
-    path = Path(choice)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    if not path.is_file():
-        raise DataError(f"checkpoint '{choice}' is not {CHECKPOINT_CHOICES} holding {WEIGHTS_FILE}. "
-                        f"{_available(checkpoints)}")
-    return path
-
-
-def _available(checkpoints: Path) -> str:
-    found = sorted(p.name for p in checkpoints.glob("*") if (p / WEIGHTS_FILE).is_file())
-    return f"Checkpoints in {checkpoints}: {', '.join(found)}." if found else f"{checkpoints} holds no checkpoint."
-
-
-def _checkpoint_step(weights: Path) -> int | None:
-    state = weights.parent / STATE_FILE
-    return json.loads(state.read_text()).get("update") if state.is_file() else None
+    state = json.loads((path / checkpoints.STATE_FILE).read_text()) if (path / checkpoints.STATE_FILE).is_file() else {}
+    return Run(run_dir, manifest, config, weights, state.get("update"), model.eval())
 
 
 def load_weights(model: torch.nn.Module, weights: Path) -> None:
     """Load a safetensors state dict strictly, tolerating torch.compile / DDP key prefixes."""
-    state = {_strip_prefixes(k): v for k, v in load_file(str(weights)).items()}
+    state = load_file(str(weights))
+    if weights.name == checkpoints.EMA_FILE:
+        state = model_weights(state)
+    state = {_strip_prefixes(k): v for k, v in state.items()}
     missing, unexpected = (sorted(keys) for keys in _key_mismatch(model, state))
     if missing or unexpected:
         raise DataError(f"{weights} does not fit the run's model: missing {missing[:5]}, unexpected {unexpected[:5]} "

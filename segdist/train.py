@@ -1,7 +1,10 @@
-"""The training loop: one config, one CPU process to many GPU nodes (accelerate + DDP).
+"""`segdist train`: one config, from one CPU process to many GPU nodes (accelerate + DDP).
 
-Read top to bottom: setup (run dir, accelerator, data, model, optimiser), then the loop
-(step, log, validate, checkpoint), then the helpers it calls.
+As torchvision's references/segmentation/train.py: `train()` sets up and runs the epochs,
+`train_one_epoch()` steps through one, `end_of_epoch()` validates, steps the plateau scheduler,
+keeps the best model and decides early stopping. The pieces shared with evaluate and predict
+live in their own modules: the process group (distributed.py), checkpoints (checkpoints.py),
+scoring (scoring.py), trackers (tracking.py), the time budget (budget.py), the EMA (ema.py).
 """
 
 from __future__ import annotations
@@ -12,24 +15,28 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from segdist import checkpoints, faults, tracking
 from segdist.config import Config, save_config
-from segdist.data import (DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization, steps_per_epoch,
-                          train_loader)
-from segdist.manifest import class_weights
+from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization,
+                          steps_per_epoch)
+from segdist.distributed import agree, make_accelerator
+from segdist.ema import make_ema
+from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
 from segdist.sources.common import DataError
 
-STATE_FILE = "segdist_state.json"
+DATA_BOUND_SHARE = 0.10  # warn when the loop waits for data longer than this share of the time
 
 
 class StopRequested:
-    """SIGTERM / SIGUSR1 (SLURM pre-emption) set a flag; the loop checkpoints and exits cleanly."""
+    """SIGTERM / SIGUSR1 (SLURM pre-emption) set a flag; the ranks agree to checkpoint and exit."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -40,253 +47,422 @@ class StopRequested:
         self.requested = True
 
 
-def requested_world_size() -> int | None:
-    """The process count the user asked for: SEGDIST_WORLD_SIZE, else `accelerate launch`'s flags.
-
-    Catches the `accelerate launch --cpu --num_processes 2` trap, which runs one process.
-    """
-    if os.environ.get("SEGDIST_WORLD_SIZE"):
-        return int(os.environ["SEGDIST_WORLD_SIZE"])
-    try:
-        import psutil
-
-        for proc in psutil.Process().parents()[:3]:
-            args = proc.cmdline()
-            if any(a.endswith(("accelerate", "accelerate.commands.launch")) for a in args[:3]):
-                flags = dict(zip(args, args[1:]))
-                flags.update(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
-                if "--num_processes" in flags:
-                    return int(flags["--num_processes"])
-                if "--config_file" in flags:
-                    import yaml
-
-                    return int(yaml.safe_load(Path(flags["--config_file"]).read_text()).get("num_processes", 1))
-    except (ImportError, OSError, ValueError):
-        pass
-    return None
+class NonFiniteLoss(DataError):
+    """The loss was NaN or inf on some rank; the message names the step."""
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+@dataclass
+class Interval:
+    """Where the time went since the last log point: waiting for data, or computing."""
+
+    start: float = field(default_factory=time.perf_counter)
+    waited: float = 0.0
+    images: int = 0
+
+    def figures(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"images_per_s": self.images / elapsed, "data_wait_share": self.waited / elapsed,
+                "data_wait_s": self.waited, "elapsed_s": elapsed}
 
 
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, total_steps: int):
-    """Per-step LambdaLR (poly, cosine, step, constant, with linear warmup) or ReduceLROnPlateau."""
-    o = cfg.optim
-    if o.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=o.plateau_factor, patience=o.plateau_patience)
+@dataclass
+class Session:
+    """Everything a running training job holds; `state` is what its checkpoints save."""
 
-    def factor(step: int) -> float:
-        if step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
-        if o.scheduler == "poly":
-            return (1 - progress) ** o.poly_power
-        if o.scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if o.scheduler == "step":
-            return o.gamma ** (step // o.step_size)
-        return 1.0
+    cfg: Config
+    info: DatasetInfo
+    accelerator: Any
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # built once the step count is known
+    criterion: torch.nn.Module
+    normalize: Normalizer
+    ema: Any
+    per_epoch: int  # batches per epoch and process
+    total_batches: int
+    state: dict
+    stopper: StopRequested = field(default_factory=StopRequested)
+    log_lines: list = field(default_factory=list)
+    last_loss: float = math.nan
+    pending_skips: dict = field(default_factory=dict)  # this rank's unreadable data since the last update
+    interval: Interval = field(default_factory=Interval)
+    totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0})
+    warned_data_bound: bool = False
+    started: float = field(default_factory=time.time)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-
-def build_criterion(cfg: Config, info: DatasetInfo) -> torch.nn.Module:
-    from segdist.losses import build_loss
-
-    weights = cfg.loss.class_weights
-    if isinstance(weights, str):
-        weights = class_weights(info.split(cfg.data.train_split), weights)
-    return build_loss(cfg.loss.name, info.num_classes, ignore_index=info.ignore_index, class_weights=weights,
-                      focal_gamma=cfg.loss.focal_gamma, focal_alpha=cfg.loss.focal_alpha,
-                      dice_weight=cfg.loss.dice_weight)
-
-
-def build_for_config(cfg: Config, num_classes: int, encoder_weights: bool = True) -> torch.nn.Module:
-    """The configured model; encoder_weights=False skips the pretrained encoder (a checkpoint follows)."""
-    from segdist.models import build_model
-
-    m = cfg.model
-    return build_model(m.arch, m.encoder, num_classes, encoder_weights=m.encoder_weights if encoder_weights else None,
-                       output_stride=m.output_stride, decoder_dropout=m.decoder_dropout)
+    def say(self, *args, **kwargs) -> None:
+        """Print once for the whole job (accelerator.print prints once per node)."""
+        if self.main:
+            print(*args, **kwargs, flush=True)
 
 
-def run_dir_for(cfg: Config) -> Path:
-    return Path(cfg.train.runs_dir) / cfg.train.name
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Step checkpoints, oldest first."""
-    return sorted((run_dir / "checkpoints").glob("step_*"))
+def new_state() -> dict:
+    return {"batch": 0, "update": 0, "epoch": 0, "validated_at": 0, "best_miou": -1.0, "best_step": None,
+            "stale": 0, "last_miou": None, "nonfinite_skipped": 0, "nonfinite_in_a_row": 0,
+            "data_skipped": dict.fromkeys(SKIP_REASONS, 0)}  # summed over all ranks
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
     """Train as configured; returns the final summary (also written to summary.json)."""
-    from accelerate import Accelerator
+    s = setup(cfg, resume, started=time.time())
+    from segdist.data import train_loader
+
+    stop = "done"
+    loader = train_loader(cfg.data, s.info, seed=cfg.train.seed, rank=s.accelerator.process_index,
+                          world_size=s.accelerator.num_processes, start=s.state["batch"], end=s.total_batches)
+    try:
+        batches = iter(loader)
+        bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train",
+                   dynamic_ncols=True)
+        while True:
+            if epoch_end_due(s):
+                stop = end_of_epoch(s)
+            if stop != "done" or s.state["batch"] >= s.total_batches:
+                break
+            stop = train_one_epoch(s, batches, bar)
+            if stop == "signal":
+                save_checkpoint(s)  # every rank stops at the same step; a requeued job resumes here
+            if stop != "done":
+                break
+        bar.close()
+    finally:
+        loader.close()
+    return finish(s, stop)
+
+
+def setup(cfg: Config, resume: str | None, started: float) -> Session:
+    """Process group, run directory, data, model, optimiser, schedule and, on --resume, the saved state."""
     from accelerate.utils import set_seed
 
+    from segdist.models import build_from_config
+
     info = load_dataset_info(cfg.data.shards)
-    info.urls(cfg.data.train_split)
-    info.urls(cfg.data.val_split)
-    # Without CUDA, several processes need cpu=True to form a gloo group (`accelerate launch --multi_gpu`).
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu,
-                              gradient_accumulation_steps=cfg.optim.accumulate)
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def say(*args, **kwargs) -> None:
-        """Print once for the whole job (accelerator.print prints once per node)."""
-        if main:
-            print(*args, **kwargs, flush=True)
-
-    asked = requested_world_size()
-    if asked is not None and asked != world:
-        say(
-            f"\n{'!' * 78}\nsegdist: WARNING: {asked} processes were requested but the process group has "
-            f"{world}.\n`accelerate launch --cpu` runs ONE process; for several CPU processes use "
-            f"`--multi_gpu` (segdist forms a gloo group without CUDA), as launch/cpu-2proc.yaml does.\n{'!' * 78}\n",
-            file=sys.stderr)
-    set_seed(cfg.train.seed)
-
-    run_dir = run_dir_for(cfg)
-    resume_from = find_resume(run_dir, resume)
-    if main:
+    info.shards(cfg.data.train_split), info.shards(cfg.data.val_split)  # fail now if a split is missing
+    run_dir = Path(cfg.train.runs_dir) / cfg.train.name
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
+                                   timeout_s=cfg.train.collective_timeout,
+                                   trackers=tracking.trackers_for(cfg, run_dir), project_dir=run_dir)
+    resume_from = checkpoints.find_resume(run_dir, resume)
+    if accelerator.is_main_process:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        checkpoints.remove_partial(run_dir)
         shutil.copy(info.root / "dataset.json", run_dir / "dataset.json")
+    accelerator.wait_for_everyone()
 
-    model = build_for_config(cfg, info.num_classes)
-    if cfg.model.sync_bn and world > 1:
+    set_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_from_config(cfg.model, info.num_classes)
+    if cfg.model.sync_bn and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    per_epoch = steps_per_epoch(cfg.data, info, world)
-    total_updates = cfg.train.max_steps or cfg.train.epochs * per_epoch // cfg.optim.accumulate
-    total_batches = total_updates * cfg.optim.accumulate
-    scheduler = build_scheduler(cfg, optimizer, total_updates)
-    criterion = build_criterion(cfg, info).to(accelerator.device)
-    normalize = Normalizer(*normalization(cfg.data, info)).to(accelerator.device)
+    optimizer = build_optimizer(cfg.optim, model)
+    per_epoch = steps_per_epoch(cfg.data, info, accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    ema = make_ema(accelerator.unwrap_model(model), cfg.train.ema_decay)
     if cfg.model.compile:
         model = torch.compile(model)
-
-    state = {"batch": 0, "update": 0, "epoch": 0, "best_miou": -1.0, "best_step": None, "stale": 0}
+    s = Session(cfg, info, accelerator, run_dir, model, optimizer, None,
+                build_criterion(cfg, info).to(accelerator.device),
+                Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, per_epoch, 0, new_state())
+    s.started = started
+    s.state["max_steps"] = cfg.train.max_steps = planned_steps(s, resume_from, started)
+    if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
+        save_config(cfg, run_dir / "config.yaml")
+    s.total_batches = s.state["max_steps"] * cfg.optim.accumulate
+    s.scheduler = build_scheduler(cfg.optim, optimizer, s.state["max_steps"])
+    accelerator.register_for_checkpointing(s.scheduler)
+    # Stochastic layers (dropout) draw differently on each rank; accelerate saves every rank's RNG.
+    set_seed(cfg.train.seed, device_specific=True)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / STATE_FILE).read_text())
-        say(f"resumed from {resume_from} at step {state['update']}")
-    step_log = run_dir / "train_log.jsonl"
-    if main:
-        truncate_log(step_log, state["update"])
+        restore(s, resume_from)
+    if s.main:
+        tracking.start(accelerator, cfg, run_dir)
+        truncate_log(run_dir / "train_log.jsonl", s.state["update"])
+    s.say(f"training {cfg.model.arch}/{cfg.model.encoder} on {info.root} ({info.num_classes} classes), "
+          f"{accelerator.num_processes} process(es) on {accelerator.device}, {per_epoch} batches of "
+          f"{cfg.data.batch_size} per process per epoch, {s.state['max_steps']} optimizer steps")
+    return s
 
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"))
-    stopper = StopRequested()
-    say(
-        f"training {cfg.model.arch}/{cfg.model.encoder} on {info.root} ({info.num_classes} classes), "
-        f"{world} process(es) on {accelerator.device}, {per_epoch} batches of {cfg.data.batch_size} "
-        f"per process per epoch, {total_updates} optimizer steps")
+def planned_steps(s: Session, resume_from: Path | None, started: float) -> int:
+    """train.max_steps, else the count a budget chose (kept in the checkpoints), else epochs x steps per epoch."""
+    cfg = s.cfg
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    if cfg.train.budget:
+        if resume_from is not None:
+            return json.loads((resume_from / checkpoints.STATE_FILE).read_text())["max_steps"]
+        from segdist.budget import plan_steps
 
-    bar = tqdm(total=total_batches, initial=state["batch"], disable=not main, desc="train", dynamic_ncols=True)
-    stop_reason = "done"
-    t_last, images_since, loss_value = time.perf_counter(), 0, float("nan")
-    while state["batch"] < total_batches and stop_reason == "done":
-        epoch = state["batch"] // per_epoch
-        skip = state["batch"] - epoch * per_epoch  # resuming mid-epoch replays the same stream
-        model.train()
-        for i, (images, labels) in enumerate(train_loader(cfg.data, info, seed=cfg.train.seed, epoch=epoch,
-                                                          rank=rank, world_size=world)):
-            if i < skip:
-                continue
-            images = normalize(images.to(accelerator.device, non_blocking=True))
-            labels = labels.to(accelerator.device, non_blocking=True).long()
-            if cfg.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with accelerator.accumulate(model):
-                loss = criterion(model(images), labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batch"] += 1
-            images_since += images.shape[0] * world
-            bar.update(1)
-            if accelerator.sync_gradients:
-                state["update"] += 1
-                if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step()
-                loss_value = accelerator.reduce(loss.detach(), "mean").item()
-                if main:
-                    with open(step_log, "a") as f:
-                        f.write(json.dumps({"step": state["update"], "loss": loss_value,
-                                            "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
-                if main and state["update"] % cfg.train.log_every == 0:
-                    now = time.perf_counter()
-                    log_scalars(writer, state["update"], loss_value, optimizer, images_since / (now - t_last),
-                                accelerator.device)
-                    t_last, images_since = now, 0
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                every = cfg.train.checkpoint_every
-                if every and state["update"] % every == 0:
-                    save_checkpoint(accelerator, run_dir, state, cfg.train.keep_last)
-            if stop_all(accelerator, stopper.requested):
-                stop_reason = "signal"
-                break
-            if state["batch"] >= total_batches:
-                break
-        if stop_reason == "signal":
-            save_checkpoint(accelerator, run_dir, state, cfg.train.keep_last)
-            break
-        # An epoch (or the whole run, when max_steps ends it early) has just ended.
-        state["epoch"] = epoch + 1
-        finished = state["batch"] >= total_batches
-        if state["epoch"] % cfg.train.val_every == 0 or finished:
-            metrics = validate(accelerator, model, normalize, cfg, info, writer, state["update"], run_dir)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics["miou"])
-            if metrics["miou"] > state["best_miou"]:
-                state["best_miou"], state["best_step"], state["stale"] = metrics["miou"], state["update"], 0
-                save_checkpoint(accelerator, run_dir, state, None, name="best")
-            else:
-                state["stale"] += 1
-            say(f"epoch {state['epoch']} step {state['update']}: val mIoU {metrics['miou']:.4f} "
-                              f"(best {state['best_miou']:.4f} at step {state['best_step']})")
-            patience = cfg.train.early_stop_patience
-            if patience and state["stale"] >= patience:
-                stop_reason = "early_stop"
-        last = checkpoints(run_dir)
-        if not last or last[-1].name != f"step_{state['update']:08d}":
-            if not cfg.train.checkpoint_every or finished or stop_reason != "done":
-                save_checkpoint(accelerator, run_dir, state, cfg.train.keep_last)
-    bar.close()
-    summary = {"run_dir": str(run_dir), "steps": state["update"], "stop": stop_reason,
-               "best_miou": state["best_miou"], "best_step": state["best_step"], "world_size": world,
-               "last_loss": loss_value}
-    if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        writer.close()
-    say(
-        f"segdist train: {stop_reason} after {state['update']} steps; best val mIoU {state['best_miou']:.4f} "
-        f"at step {state['best_step']}; run dir {run_dir} (TensorBoard: tensorboard --logdir {run_dir / 'tb'})")
+        return plan_steps(s, started)
+    return cfg.train.epochs * s.per_epoch // cfg.optim.accumulate
+
+
+def restore(s: Session, path: Path) -> None:
+    """Load a complete checkpoint: weights, optimizer, scheduler, scaler, every rank's RNG, EMA, state."""
+    from safetensors.torch import load_file
+
+    s.accelerator.load_state(str(path))
+    if s.ema is not None:
+        ema_file = path / checkpoints.EMA_FILE
+        if not ema_file.is_file():
+            raise checkpoints.CheckpointError(f"{path} has no {checkpoints.EMA_FILE} but train.ema_decay is set")
+        s.ema.load_state_dict(load_file(str(ema_file)))
+    s.state.update(json.loads((path / checkpoints.STATE_FILE).read_text()))
+    s.say(f"resumed from {path} at step {s.state['update']}")
+
+
+def epoch_end_due(s: Session) -> bool:
+    """At an epoch boundary (or the last batch) whose validation and bookkeeping have not run yet.
+
+    True after a resume from a checkpoint written on an epoch's last batch before its end (a stop
+    signal there), so the resumed run validates exactly where the uninterrupted one did.
+    """
+    batch = s.state["batch"]
+    at_boundary = batch > 0 and (batch % s.per_epoch == 0 or batch >= s.total_batches)
+    return at_boundary and s.state["validated_at"] != batch
+
+
+def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
+    """Step until the epoch (or the run) ends; returns 'done', 'signal' or 'nonfinite'."""
+    cfg, accelerator, state = s.cfg, s.accelerator, s.state
+    epoch_end = min((state["batch"] // s.per_epoch + 1) * s.per_epoch, s.total_batches)
+    s.model.train()
+    pending_loss, micro = torch.zeros((), device=accelerator.device), 0
+    while state["batch"] < epoch_end:
+        waited = time.perf_counter()
+        images, labels, skipped = next(batches)
+        s.interval.waited += time.perf_counter() - waited
+        for reason, n in skipped.items():
+            s.pending_skips[reason] = s.pending_skips.get(reason, 0) + n
+        images = s.normalize(images.to(accelerator.device, non_blocking=True))
+        labels = labels.to(accelerator.device, non_blocking=True).long()
+        if cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(s.model):
+            faults.at_step(state["update"] + 1)
+            faults.hit("sigusr1")
+            loss = faults.loss_value(s.criterion(s.model(images), labels))
+            accelerator.backward(loss)
+        pending_loss += loss.detach()
+        micro += 1
+        state["batch"] += 1
+        s.interval.images += images.shape[0]
+        bar.update(1)
+        if not accelerator.sync_gradients:
+            continue
+        outcome = optimizer_step(s, pending_loss / micro)
+        pending_loss, micro = torch.zeros((), device=accelerator.device), 0
+        if outcome != "done":
+            return outcome
+        if state["update"] % cfg.train.log_every == 0:
+            log_interval(s, bar)
+        every = cfg.train.checkpoint_every
+        if every and state["update"] % every == 0 and state["batch"] < epoch_end:
+            save_checkpoint(s)  # at an epoch's end the checkpoint follows its validation instead
+    return "done"
+
+
+def optimizer_step(s: Session, loss: torch.Tensor) -> str:
+    """One update, decided with the other ranks in one all-reduce: step, skip (non-finite) or stop.
+
+    The same all-reduce sums the mean loss, the stop requests and the unreadable-data counts.
+    """
+    cfg, state = s.cfg, s.state
+    skips = [s.pending_skips.get(reason, 0) for reason in SKIP_REASONS]
+    mean_loss, nonfinite, stop, *skipped = agree(s.accelerator, loss / s.accelerator.num_processes,
+                                                 (~torch.isfinite(loss)).float(), float(s.stopper.requested), *skips)
+    s.pending_skips.clear()
+    for reason, n in zip(SKIP_REASONS, skipped):
+        state["data_skipped"][reason] += int(n)
+    state["update"] += 1
+    if nonfinite:
+        s.optimizer.zero_grad(set_to_none=True)
+        state["nonfinite_skipped"] += 1
+        state["nonfinite_in_a_row"] += 1
+        where = f"non-finite loss at step {state['update']} (on {int(nonfinite)} rank(s))"
+        if cfg.train.nonfinite == "stop":
+            s.say(f"segdist: {where}; stopping (train.nonfinite: skip would skip such updates)")
+            return "nonfinite"
+        s.say(f"segdist: WARNING: {where}: update skipped "
+              f"({state['nonfinite_in_a_row']} in a row, {state['nonfinite_skipped']} in all)")
+        if state["nonfinite_in_a_row"] >= cfg.train.max_nonfinite:
+            s.say(f"segdist: giving up after {state['nonfinite_in_a_row']} non-finite steps in a row")
+            return "nonfinite"
+    else:
+        if cfg.optim.grad_clip:
+            s.accelerator.clip_grad_norm_(s.model.parameters(), cfg.optim.grad_clip)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        if s.ema is not None:
+            s.ema.update_parameters(s.accelerator.unwrap_model(s.model))
+        state["nonfinite_in_a_row"] = 0
+    if not is_plateau(s.scheduler):
+        s.scheduler.step()
+    s.last_loss = mean_loss
+    s.log_lines.append({"step": state["update"], "loss": mean_loss, "lr": s.optimizer.param_groups[0]["lr"],
+                        "time": time.time()})
+    return "signal" if stop else "done"
+
+
+def log_interval(s: Session, bar: tqdm) -> None:
+    """Per-step log lines to train_log.jsonl; throughput and data wait to the trackers and the bar."""
+    figures = s.interval.figures()
+    s.totals["waited"] += figures["data_wait_s"]
+    s.totals["elapsed"] += figures["elapsed_s"]
+    s.totals["images"] += s.interval.images
+    s.interval = Interval()
+    last = s.log_lines[-1] if s.log_lines else None
+    flush_log(s)
+    if last is None:
+        return
+    values = {"train/loss": last["loss"], "train/lr": last["lr"], "train/images_per_s": figures["images_per_s"],
+              "train/data_wait_share": figures["data_wait_share"]}
+    values.update({f"train/skipped_{k}": v for k, v in s.state["data_skipped"].items() if v})
+    if s.accelerator.device.type == "cuda":
+        values["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated(s.accelerator.device) / 2**30
+    s.accelerator.log(values, step=s.state["update"])
+    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{figures['images_per_s']:.1f}",
+                    wait=f"{figures['data_wait_share']:.0%}")
+    if figures["data_wait_share"] > DATA_BOUND_SHARE and not s.warned_data_bound and s.state["update"] > 2 * s.cfg.train.log_every:
+        s.warned_data_bound = True
+        s.say(f"\nsegdist: WARNING: data-bound: the loop waited for data {figures['data_wait_share']:.0%} of the "
+              f"time; raise data.workers (now {s.cfg.data.workers}) or see `segdist bench-data`")
+
+
+def flush_log(s: Session) -> None:
+    """Append the buffered per-step lines to train_log.jsonl (main process)."""
+    if s.main and s.log_lines:
+        with open(s.run_dir / "train_log.jsonl", "a") as f:
+            f.writelines(json.dumps(line) + "\n" for line in s.log_lines)
+    s.log_lines.clear()
+
+
+def end_of_epoch(s: Session) -> str:
+    """Validate (every val_every epochs and at the end), step the plateau scheduler, keep the best, checkpoint."""
+    cfg, state = s.cfg, s.state
+    finished = state["batch"] >= s.total_batches
+    state["epoch"] = math.ceil(state["batch"] / s.per_epoch)
+    stop = "done"
+    if state["epoch"] % cfg.train.val_every == 0 or finished:
+        metrics = validate(s)
+        state["last_miou"] = metrics["miou"]
+        if is_plateau(s.scheduler):
+            s.scheduler.step(metrics["miou"])
+        if metrics["miou"] > state["best_miou"]:
+            state["best_miou"], state["best_step"], state["stale"] = metrics["miou"], state["update"], 0
+            checkpoints.save_best(s.accelerator, s.run_dir, {**state, "validated_at": state["batch"]}, s.model, s.ema)
+        else:
+            state["stale"] += 1
+        s.say(f"epoch {state['epoch']} step {state['update']}: val mIoU {metrics['miou']:.4f} "
+              f"(best {state['best_miou']:.4f} at step {state['best_step']})")
+        if cfg.train.early_stop_patience and state["stale"] >= cfg.train.early_stop_patience:
+            stop = "early_stop"
+    state["validated_at"] = state["batch"]
+    every = cfg.train.checkpoint_every
+    if not every or state["update"] % every == 0 or finished or stop != "done":
+        save_checkpoint(s)
+    return stop
+
+
+def validate(s: Session) -> dict:
+    """Exact, synchronised validation: every sample once across processes, one summed confusion matrix."""
+    from segdist.metrics import SegmentationMetrics, metrics_from_confusion
+    from segdist.scoring import score
+
+    cfg, accelerator = s.cfg, s.accelerator
+    faults.hit("validation")
+    # the EMA when there is one; never the DDP wrapper: processes may run different batch counts
+    net = s.ema.module if s.ema is not None else accelerator.unwrap_model(s.model)
+    net.eval()
+    metrics = SegmentationMetrics(s.info.num_classes, s.info.ignore_index).to(accelerator.device)
+    loader = eval_loader(cfg.data, s.info, cfg.data.val_split, rank=accelerator.process_index,
+                         world_size=accelerator.num_processes, size=cfg.data.val_size)
+    with loader:
+        scored = score(net, loader, s.normalize, metrics, device=accelerator.device,
+                       precision=cfg.train.mixed_precision, keep_examples=cfg.train.log_images if s.main else 0)
+    result = metrics_from_confusion(metrics.confusion(), s.info.classes)
+    unreadable = int(agree(accelerator, len(scored.unreadable))[0])
+    net.train()
+    if unreadable:
+        s.say(f"segdist: WARNING: validation could not read {unreadable} sample(s), e.g. {scored.unreadable[:3]}")
+    values = {"val/miou": result["miou"], "val/pixel_accuracy": result["pixel_accuracy"],
+              "val/unreadable": unreadable}
+    values.update({f"val_iou/{name}": f["iou"] for name, f in result["per_class"].items() if not math.isnan(f["iou"])})
+    accelerator.log(values, step=s.state["update"])
+    if s.main:
+        log_overlays(s, scored.examples)
+    return result
+
+
+def log_overlays(s: Session, examples: list) -> None:
+    """Input | ground truth | prediction panels for the first validation images (trackers and PNG)."""
+    import cv2
+
+    from segdist.viz import colorize, overlay, panel, save_png
+
+    out = s.run_dir / "val_overlays"
+    out.mkdir(exist_ok=True)
+    images = {}
+    for i, (image, label, pred) in enumerate(examples):
+        rgb = image.numpy().transpose(1, 2, 0)
+        gt, pr = label.numpy(), pred.numpy()
+        if rgb.shape[:2] != gt.shape:
+            rgb = cv2.resize(rgb, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        gt_c, pr_c = colorize(gt, s.info.palette, s.info.ignore_index), colorize(pr, s.info.palette, s.info.ignore_index)
+        images[f"val/overlay_{i}"] = panel(rgb, overlay(rgb, gt_c, gt), overlay(rgb, pr_c, pr))
+        save_png(images[f"val/overlay_{i}"], out / f"{i}.png")
+    tracking.log_images(s.accelerator, images, s.state["update"])
+
+
+def save_checkpoint(s: Session) -> None:
+    """A complete step checkpoint of the current state (skipped when this step already has one)."""
+    flush_log(s)
+    final = s.run_dir / "checkpoints" / checkpoints.step_name(s.state["update"])
+    if not checkpoints.missing_files(final) and json.loads((final / checkpoints.STATE_FILE).read_text()) == s.state:
+        return
+    bad = checkpoints.nonfinite_weights(s.accelerator.unwrap_model(s.model))
+    if bad:
+        raise checkpoints.CheckpointError(f"refusing to checkpoint non-finite weights ({bad[:3]}) at step "
+                                          f"{s.state['update']}")
+    checkpoints.save_training_state(s.accelerator, s.run_dir, s.state, s.ema)
+    faults.hit("kill_after_checkpoint")
+    if s.main:
+        checkpoints.prune(s.run_dir, s.cfg.train.keep_last)
+
+
+def finish(s: Session, stop: str) -> dict:
+    """summary.json, the closing lines, trackers closed."""
+    flush_log(s)
+    totals = s.totals
+    summary = {"run_dir": str(s.run_dir), "steps": s.state["update"], "stop": stop,
+               "best_miou": s.state["best_miou"], "best_step": s.state["best_step"],
+               "last_miou": s.state["last_miou"],
+               "world_size": s.accelerator.num_processes, "last_loss": s.last_loss,
+               "nonfinite_skipped": s.state["nonfinite_skipped"],
+               "data_skipped": dict(s.state["data_skipped"]),
+               "images_per_s_per_process": totals["images"] / max(totals["elapsed"], 1e-9),
+               "data_wait_share": totals["waited"] / max(totals["elapsed"], 1e-9),
+               "max_steps": s.state["max_steps"], "elapsed_s": time.time() - s.started}
+    if s.main:
+        (s.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    s.say(f"segdist train: {stop} after {s.state['update']} steps; best val mIoU {s.state['best_miou']:.4f} at step "
+          f"{s.state['best_step']}; run dir {s.run_dir} (TensorBoard: tensorboard --logdir {s.run_dir / 'tb'})")
     # One line per process: lets anyone check that all ranks ran the same steps and hold the same weights.
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    print(f"[rank {rank}/{world}] node={node} batches={state['batch']} steps={state['update']} "
-          f"weights={weights_digest(accelerator.unwrap_model(model))}", flush=True)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    print(f"[rank {s.accelerator.process_index}/{s.accelerator.num_processes}] node={node} batches={s.state['batch']} "
+          f"steps={s.state['update']} weights={weights_digest(s.accelerator.unwrap_model(s.model))}", flush=True)
+    s.accelerator.wait_for_everyone()
+    s.accelerator.end_training()
+    if stop == "nonfinite":
+        raise NonFiniteLoss(f"non-finite loss at step {s.state['update']} ({s.state['nonfinite_in_a_row']} in a row); "
+                            f"no non-finite weights were applied or saved; the last checkpoint is "
+                            f"{(checkpoints.step_checkpoints(s.run_dir) or ['none'])[-1]}")
     return summary
 
 
@@ -311,111 +487,3 @@ def truncate_log(path: Path, step: int) -> None:
     keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in keep))
 
-
-def stop_all(accelerator, requested: bool) -> bool:  # noqa: ANN001
-    """True on every process when any of them got a stop signal, so all stop at the same step."""
-    if accelerator.num_processes == 1:
-        return requested
-    flag = torch.tensor([1.0 if requested else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "sum").item() > 0)
-
-
-def find_resume(run_dir: Path, resume: str | None) -> Path | None:
-    """`--resume` (latest), `--resume PATH`, or None."""
-    if resume is None:
-        return None
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / STATE_FILE).exists():
-            raise DataError(f"{path} is not a segdist checkpoint (no {STATE_FILE})")
-        return path
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def save_checkpoint(accelerator, run_dir: Path, state: dict, keep_last: int | None, name: str | None = None) -> Path:  # noqa: ANN001
-    """Full training state (model, optimizer, scheduler, scaler, RNG, step) under a temp name, renamed."""
-    name = name or f"step_{state['update']:08d}"
-    final = run_dir / "checkpoints" / name
-    tmp = run_dir / "checkpoints" / f".{name}.tmp"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if keep_last:
-            for old in checkpoints(run_dir)[:-keep_last]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def log_scalars(writer, step: int, loss: float, optimizer, images_per_s: float, device) -> None:  # noqa: ANN001
-    writer.add_scalar("train/loss", loss, step)
-    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-    writer.add_scalar("train/images_per_s", images_per_s, step)
-    if device.type == "cuda":
-        writer.add_scalar("train/gpu_mem_gb", torch.cuda.max_memory_allocated(device) / 2**30, step)
-
-
-@torch.no_grad()
-def validate(accelerator, model, normalize, cfg: Config, info: DatasetInfo, writer, step: int,  # noqa: ANN001
-             run_dir: Path) -> dict:
-    """Exact, synchronised validation: every sample once across processes, one summed confusion matrix.
-
-    Predicts exactly as `segdist evaluate --mode whole` does (segdist.inference), so the two agree.
-    """
-    from segdist.inference import infer_each, labels_at
-    from segdist.metrics import SegmentationMetrics, metrics_from_confusion
-
-    net = accelerator.unwrap_model(model)  # no DDP collectives: processes may run different batch counts
-    net.eval()
-    metrics = SegmentationMetrics(info.num_classes, info.ignore_index).to(accelerator.device)
-    overlays = []
-    loader = eval_loader(cfg.data, info, cfg.data.val_split, rank=accelerator.process_index,
-                         world_size=accelerator.num_processes, size=cfg.data.val_size)
-    for batch in loader:
-        images = normalize(batch["images"].to(accelerator.device))
-        crops = [image[:, :h, :w] for image, (h, w) in zip(images, batch["sizes"])]
-        with accelerator.autocast():
-            probs = infer_each(net, crops)
-        for i, (p, label) in enumerate(zip(probs, batch["labels"])):
-            pred = labels_at(p.float(), label.shape)
-            metrics.update(pred[None], label[None].to(accelerator.device).long())
-            if len(overlays) < cfg.train.log_images:
-                h, w = batch["sizes"][i]
-                overlays.append((batch["images"][i, :, :h, :w], label, pred.cpu()))
-    result = metrics_from_confusion(metrics.confusion(), info.classes)
-    net.train()
-    if writer is not None:
-        writer.add_scalar("val/miou", result["miou"], step)
-        writer.add_scalar("val/pixel_accuracy", result["pixel_accuracy"], step)
-        for name, figures in result["per_class"].items():
-            if not math.isnan(figures["iou"]):
-                writer.add_scalar(f"val_iou/{name}", figures["iou"], step)
-        log_overlays(writer, overlays, info, step, run_dir / "val_overlays")
-    return result
-
-
-def log_overlays(writer, overlays: list, info: DatasetInfo, step: int, out: Path) -> None:  # noqa: ANN001
-    """Input | ground truth | prediction panels for the first validation images (TensorBoard and PNG)."""
-    import cv2
-
-    from segdist.viz import colorize, overlay, panel, save_png
-
-    out.mkdir(exist_ok=True)
-    palette = info.palette
-    for i, (image, label, pred) in enumerate(overlays):
-        rgb = image.numpy().transpose(1, 2, 0)
-        gt, pr = label.numpy(), pred.numpy()
-        if rgb.shape[:2] != gt.shape:
-            rgb = cv2.resize(rgb, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        gt_c, pr_c = colorize(gt, palette, info.ignore_index), colorize(pr, palette, info.ignore_index)
-        image = panel(rgb, overlay(rgb, gt_c, gt), overlay(rgb, pr_c, pr))
-        writer.add_image(f"val/overlay_{i}", image, step, dataformats="HWC")
-        save_png(image, out / f"{i}.png")

@@ -85,3 +85,53 @@ def read_shards(shard_dir: Path, split: str) -> list[dict]:
 
 def manifest(shard_dir: Path) -> dict:
     return json.loads((Path(shard_dir) / "dataset.json").read_text())
+
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny, fast training recipe for the tests (on top of configs/demo.yaml).
+SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
+         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1"]
+
+
+def launcher(processes: int = 2, *extra: str) -> list[str]:
+    """`accelerate launch` with `processes` CPU (gloo) processes on a free port."""
+    import sys
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
+            "--num_processes", str(processes), "--main_process_port", str(free_port()), *extra]
+
+
+def train_cmd(shards: Path, runs: Path, *overrides: str, launch: list[str] | None = None,
+              resume: bool = False) -> list[str]:
+    """The command line of `segdist train` on the demo recipe, SMALL, and `overrides`."""
+    import sys
+
+    cmd = [*(launch or [sys.executable]), "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
+           f"data.shards={shards}", f"train.runs_dir={runs}", *SMALL, *overrides]
+    return cmd + (["--resume"] if resume else [])
+
+
+def run_train(shards: Path, runs: Path, *overrides: str, launch: list[str] | None = None, resume: bool = False,
+              env: dict | None = None, expect: int = 0, timeout: float = 600) -> str:
+    """Run `segdist train` to its end; asserts the exit status; returns stdout + stderr."""
+    import subprocess
+
+    result = subprocess.run(train_cmd(shards, runs, *overrides, launch=launch, resume=resume), capture_output=True,
+                            text=True, timeout=timeout, cwd=REPO,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == (expect == 0) and (expect in (0, -1) or result.returncode == expect), \
+        f"exit {result.returncode}, expected {expect}:\n{output[-6000:]}"
+    return output
+
+
+def rank_lines(output: str) -> dict[int, dict]:
+    """The closing `[rank r/w] ... steps=N weights=H` line of each process."""
+    import re
+
+    found = re.findall(r"\[rank (\d+)/(\d+)\] node=\S+ batches=(\d+) steps=(\d+) weights=(\w+)", output)
+    return {int(r): {"world": int(w), "batches": int(b), "steps": int(s), "weights": h} for r, w, b, s, h in found}
+
+
+def train_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segdist.config import ConfigError, load_config, parse_override, save_config
-from segdist.train import build_for_config
+from segdist.models import build_from_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -19,7 +19,7 @@ def test_there_is_a_recipe_per_prior_report_and_reference():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_builds_a_model(recipe):
     cfg = load_config(recipe, ["model.encoder_weights=null"])  # no model hub here
-    model = build_for_config(cfg, 5).eval()
+    model = build_from_config(cfg.model, 5).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert out.shape == (1, 5, 64, 64)

@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from helpers import run_cli, square, write_coco
 
 from segdist.config import DataConfig
@@ -36,21 +37,45 @@ def test_every_process_runs_the_same_number_of_steps(dataset, workers):
         expected = steps_per_epoch(cfg, dataset, world)
         assert expected == int(np.ceil(37 / (world * 3)))
         for rank in range(world):
-            batches = list(train_loader(cfg, dataset, seed=0, epoch=0, rank=rank, world_size=world))
+            with train_loader(cfg, dataset, seed=0, rank=rank, world_size=world) as loader:
+                batches = list(loader)
             assert len(batches) == expected
-            images, labels = batches[0]
-            assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32)
+            images, labels, skipped = batches[0]
+            assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32) and skipped == {}
+
+
+def _batches(cfg, dataset, start, end, rank=0, world=2):
+    with train_loader(cfg, dataset, seed=0, rank=rank, world_size=world, start=start, end=end) as loader:
+        return [(images, labels) for images, labels, _ in loader]
 
 
 def test_training_stream_is_fixed_by_seed_epoch_and_rank(dataset):
     cfg = _cfg(workers=1)
+    per_epoch = steps_per_epoch(cfg, dataset, 2)
 
     def first(seed, epoch, rank):
-        return next(iter(train_loader(cfg, dataset, seed=seed, epoch=epoch, rank=rank, world_size=2)))[0]
+        with train_loader(cfg, dataset, seed=seed, rank=rank, world_size=2, start=epoch * per_epoch) as loader:
+            return next(iter(loader))[0]
 
     assert np.array_equal(first(0, 0, 0), first(0, 0, 0))
     assert not np.array_equal(first(0, 0, 0), first(0, 0, 1))
     assert not np.array_equal(first(0, 0, 0), first(0, 1, 0))
+    assert not np.array_equal(first(0, 0, 0), first(1, 0, 0))
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_a_loader_started_at_any_batch_continues_the_uninterrupted_stream(dataset, workers):
+    """Resuming mid-epoch (and across epochs) gives exactly the batches the run would have seen."""
+    cfg = _cfg(workers=workers)
+    per_epoch = steps_per_epoch(cfg, dataset, 2)  # 7: not a multiple of the worker counts
+    end = 2 * per_epoch + 3
+    whole = _batches(cfg, dataset, 0, end)
+    assert len(whole) == end
+    for start in (1, per_epoch - 1, per_epoch, per_epoch + 2):
+        tail = _batches(cfg, dataset, start, end)
+        assert len(tail) == end - start
+        for (a, b), (c, d) in zip(whole[start:], tail):
+            assert torch.equal(a, c) and torch.equal(b, d)
 
 
 @pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 3), (3, 1, 5)])
@@ -65,12 +90,13 @@ def test_validation_sees_every_sample_exactly_once(dataset, world, workers, batc
 
 
 def test_class_balanced_sampling_repeats_rare_class_images(dataset):
-    factors = repeat_factors(dataset, "train", threshold=0.3)
+    factors = repeat_factors(dataset.combined("train"), threshold=0.3)
     assert factors[1] == 1.0 and factors[2] > 1.5  # person in most images, car in 4 of 37
 
     def car_share(balanced: bool) -> float:
         cfg = _cfg(workers=0, class_balanced=balanced, epoch_samples=600)
-        labels = [lab for _, lab in train_loader(cfg, dataset, seed=1, epoch=0, rank=0, world_size=1)]
+        with train_loader(cfg, dataset, seed=1, rank=0, world_size=1) as loader:
+            labels = [lab for _, lab, _ in loader]
         return float(np.mean([bool((lab == 2).any()) for batch in labels for lab in batch]))
 
     plain, balanced = car_share(False), car_share(True)

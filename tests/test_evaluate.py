@@ -172,7 +172,7 @@ def test_checkpoint_choices_and_user_errors(tiny_run, tmp_path, capsys):
     assert by_path["confusion"] == last["confusion"]
     capsys.readouterr()
     cases = [
-        (["--checkpoint", "nope"], "Checkpoints in"),
+        (["--checkpoint", "nope"], "Complete checkpoints in"),
         (["--split", "test"], "has no split 'test'"),
         (["--mode", "slide", "--crop", "32", "32"], "--mode slide needs --crop H W and --stride H W"),
     ]

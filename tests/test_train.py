@@ -2,22 +2,15 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port, run_cli
+from helpers import REPO, SMALL, launcher, rank_lines, run_cli, run_train, train_log
 from safetensors.numpy import load_file
 
 from segdist.sources.synthetic import write_synthetic_coco
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
-         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1"]
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_cluster):
@@ -31,41 +24,16 @@ def shards(tmp_path_factory, ray_cluster):
     return root / "shards"
 
 
-
-def _train(shards, runs, *overrides, launcher=(), resume=False, timeout=600):
-    cmd = [*launcher, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
-           f"data.shards={shards}", f"train.runs_dir={runs}", *SMALL, *overrides]
-    if not launcher:
-        cmd.insert(0, sys.executable)
-    if resume:
-        cmd.append("--resume")
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
-
-
-def _ranks(output: str) -> dict[int, dict]:
-    found = re.findall(r"\[rank (\d+)/(\d+)\] node=\S+ batches=(\d+) steps=(\d+) weights=(\w+)", output)
-    return {int(r): {"world": int(w), "batches": int(b), "steps": int(s), "weights": h} for r, w, b, s, h in found}
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "launch/cpu-2proc.yaml"), "--main_process_port", str(free_port())]
-    out = _train(shards, tmp_path, "train.max_steps=5", "train.name=ddp", launcher=launcher)
-    ranks = _ranks(out)
+    out = run_train(shards, tmp_path, "train.max_steps=5", "train.name=ddp", launch=launcher())
+    ranks = rank_lines(out)
     assert set(ranks) == {0, 1} and all(r["world"] == 2 for r in ranks.values())
     assert ranks[0]["steps"] == ranks[1]["steps"] == 5
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert "WARNING" not in out
     run = tmp_path / "ddp"
-    assert [entry["step"] for entry in _log(run)] == [1, 2, 3, 4, 5]  # one writer, not two
+    assert [entry["step"] for entry in train_log(run)] == [1, 2, 3, 4, 5]  # one writer, not two
     events = list((run / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -84,11 +52,11 @@ def test_resume_is_exact(shards, tmp_path):
     # dropout and a warmup that spans the interruption: RNG and scheduler state must both come back
     common = ["model.decoder_dropout=0.2", "optim.scheduler=constant", "optim.warmup_steps=10",
               "train.checkpoint_every=3", "data.epoch_samples=20", "train.val_every=100"]
-    _train(shards, tmp_path, *common, "train.name=straight", "train.max_steps=8")
-    _train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=4")
-    out = _train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=8", resume=True)
+    run_train(shards, tmp_path, *common, "train.name=straight", "train.max_steps=8")
+    run_train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=4")
+    out = run_train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=8", resume=True)
     assert "resumed from" in out and "step_00000004" in out
-    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
+    straight, resumed = train_log(tmp_path / "straight"), train_log(tmp_path / "resumed")
     assert [e["step"] for e in resumed] == list(range(1, 9))
     assert [e["loss"] for e in resumed] == [e["loss"] for e in straight]
     assert [e["lr"] for e in resumed] == [e["lr"] for e in straight]
@@ -99,7 +67,7 @@ def test_resume_is_exact(shards, tmp_path):
 
 @pytest.mark.slow
 def test_learns_well_above_all_background(shards, tmp_path):
-    out = _train(shards, tmp_path, "train.name=learn", "train.epochs=8", "data.crop_size=[96,96]",
+    out = run_train(shards, tmp_path, "train.name=learn", "train.epochs=8", "data.crop_size=[96,96]",
                  "data.base_size=128", "data.val_size=128")
     summary = json.loads((tmp_path / "learn/summary.json").read_text())
     manifest = json.loads((shards / "dataset.json").read_text())
@@ -159,16 +127,16 @@ def test_stop_signal_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path
     stopped = summary["steps"]
     assert summary["stop"] == "signal" and 3 <= stopped < 500
     assert (tmp_path / f"pre/checkpoints/step_{stopped:08d}/model.safetensors").exists()
-    out = _train(shards, tmp_path, "train.name=pre", f"train.max_steps={stopped + 2}", "optim.scheduler=constant",
+    out = run_train(shards, tmp_path, "train.name=pre", f"train.max_steps={stopped + 2}", "optim.scheduler=constant",
                  resume=True)
     assert f"resumed from {tmp_path / 'pre/checkpoints'}/step_{stopped:08d} at step {stopped}" in out
-    assert [e["step"] for e in _log(tmp_path / "pre")] == list(range(1, stopped + 3))
+    assert [e["step"] for e in train_log(tmp_path / "pre")] == list(range(1, stopped + 3))
 
 
 @pytest.mark.slow
 def test_cpu_flag_trap_is_reported(shards, tmp_path):
     """`accelerate launch --cpu --num_processes 2` silently runs one process: segdist says so."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    out = _train(shards, tmp_path, "train.max_steps=1", "train.name=trap", launcher=launcher)
+    trap = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    out = run_train(shards, tmp_path, "train.max_steps=1", "train.name=trap", launch=trap)
     assert "WARNING: 2 processes were requested but the process group has 1" in out
-    assert set(_ranks(out)) == {0}
+    assert set(rank_lines(out)) == {0}

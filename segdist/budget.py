@@ -1,0 +1,159 @@
+"""A wall-clock training budget: how many optimizer steps fit, from a short calibration.
+
+`train.budget: 50m` measures, before training starts, the time of a training step (on throwaway
+copies of the model and optimizer, with the real data pipeline and collectives), of validating
+one image and of writing a checkpoint, then sets `train.max_steps` to the largest step count whose
+training, validations and final checkpoint fit in what is left of the budget. The count is
+written into the run's config.yaml, so `--resume` keeps the same schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'50m', '1h30m', '90s', '2h', '3600' (seconds) or '1-02:00:00' / '02:30:00' (SLURM) -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    text = text.strip().lower()
+    slurm = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+)(?::(\d+))?", text)
+    if slurm:
+        days, a, b, c = slurm.groups()
+        hours, minutes, seconds = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
+        return float(int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds)
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text):
+        raise ValueError(f"'{text}' is not a duration; use e.g. 50m, 1h30m, 90s or 02:30:00")
+    return sum(float(n) * UNITS[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Measured seconds: one optimizer step, validating the whole split once, writing one checkpoint."""
+
+    step: float
+    validation: float
+    checkpoint: float
+
+
+def steps_that_fit(seconds: float, costs: Costs, *, per_epoch_updates: float, val_every: int,
+                   checkpoint_every: int) -> int:
+    """The largest step count n whose steps, validations and checkpoints take at most `seconds`.
+
+    Validation runs every `val_every` epochs and at the end; a checkpoint every `checkpoint_every`
+    steps (or every epoch when 0), at every epoch end that validates, and at the end.
+    """
+    def cost(n: int) -> float:
+        epochs = n / per_epoch_updates
+        validations = math.floor(epochs / val_every) + 1
+        per_ckpt = checkpoint_every or per_epoch_updates
+        checkpoints = math.floor(n / per_ckpt) + validations + 1
+        return n * costs.step + validations * costs.validation + checkpoints * costs.checkpoint
+
+    lo, hi = 0, max(1, int(seconds / max(costs.step, 1e-9)) + 1)
+    while lo < hi:  # cost(n) grows with n: binary search for the last n that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid - 1)
+    return lo
+
+
+def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a train.Session
+    """Measure a step, a validation and a checkpoint on this job, leaving its weights and RNG untouched."""
+    import copy
+    import random
+    import shutil
+    import time
+
+    import numpy as np
+    import torch
+
+    from segdist.data import train_loader
+    from segdist.distributed import agree
+
+    accelerator, cfg = s.accelerator, s.cfg
+    saved = (copy.deepcopy(accelerator.unwrap_model(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()),
+             torch.get_rng_state(), np.random.get_state(), random.getstate())
+    batches = (steps + warmup) * cfg.optim.accumulate
+    loader = train_loader(cfg.data, s.info, seed=cfg.train.seed + 7919, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes, start=0, end=batches)
+    with loader:
+        for i, (images, labels, _) in enumerate(loader):
+            if i == warmup * cfg.optim.accumulate:
+                agree(accelerator, 0.0)  # all ranks start the clock together
+                start = time.perf_counter()
+            with accelerator.accumulate(s.model):
+                loss = s.criterion(s.model(s.normalize(images.to(accelerator.device))), labels.to(accelerator.device).long())
+                accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                agree(accelerator, loss.detach())  # what the real loop syncs per update
+                s.optimizer.step()
+                s.optimizer.zero_grad(set_to_none=True)
+    step = (time.perf_counter() - start) / steps
+    model, optimizer_state, torch_rng, numpy_rng, python_rng = saved
+    accelerator.unwrap_model(s.model).load_state_dict(model)
+    s.optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(torch_rng), np.random.set_state(numpy_rng), random.setstate(python_rng)
+    validation = _validation_cost(s)
+    folder = s.run_dir / ".calibrate.tmp"  # a checkpoint written for its time only
+    start = time.perf_counter()
+    accelerator.save_state(str(folder))
+    agree(accelerator, 0.0)
+    checkpoint = time.perf_counter() - start
+    if accelerator.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+    world = accelerator.num_processes
+    return Costs(*(v / world for v in agree(accelerator, step, validation, checkpoint)))
+
+
+def _validation_cost(s, batches: int = 3) -> float:  # noqa: ANN001
+    """Seconds for a whole validation, from the time of the first few batches of this rank's share."""
+    import itertools
+    import time
+
+    from segdist.data import eval_loader
+    from segdist.metrics import SegmentationMetrics
+    from segdist.scoring import score
+
+    accelerator, cfg = s.accelerator, s.cfg
+    net = accelerator.unwrap_model(s.model).eval()
+    metrics = SegmentationMetrics(s.info.num_classes, s.info.ignore_index).to(accelerator.device)
+    start = time.perf_counter()
+    with eval_loader(cfg.data, s.info, cfg.data.val_split, rank=accelerator.process_index,
+                     world_size=accelerator.num_processes, size=cfg.data.val_size) as loader:
+        scored = score(net, itertools.islice(loader, batches), s.normalize, metrics, device=accelerator.device,
+                       precision=cfg.train.mixed_precision)
+    net.train()
+    elapsed = time.perf_counter() - start
+    share = math.ceil(s.info.split(cfg.data.val_split)["samples"] / accelerator.num_processes)
+    return elapsed / max(scored.samples, 1) * share
+
+
+def plan_steps(s, started: float) -> int:  # noqa: ANN001
+    """Calibrate, then the optimizer steps that fit in what is left of `train.budget`; says what it chose."""
+    import time
+
+    cfg = s.cfg
+    budget = parse_duration(cfg.train.budget)
+    costs = calibrate(s)
+    left = budget - (time.time() - started)
+    per_epoch_updates = s.per_epoch / cfg.optim.accumulate
+    steps = steps_that_fit(0.97 * left, costs, per_epoch_updates=per_epoch_updates, val_every=cfg.train.val_every,
+                           checkpoint_every=cfg.train.checkpoint_every)  # 3% for start-up jitter and the tail
+    if steps < 1:
+        from segdist.sources.common import DataError
+
+        raise DataError(f"train.budget {cfg.train.budget}: {left:.0f} s left after calibration is not enough for one "
+                        f"step ({costs.step:.2f} s), a validation ({costs.validation:.1f} s) and a checkpoint "
+                        f"({costs.checkpoint:.1f} s)")
+    s.say(f"budget {cfg.train.budget} ({budget:.0f} s, {left:.0f} s left after calibration): a step takes "
+          f"{costs.step:.3f} s, a validation {costs.validation:.1f} s, a checkpoint {costs.checkpoint:.2f} s -> "
+          f"{steps} optimizer steps ({steps / per_epoch_updates:.1f} epochs); train.max_steps={steps} is written "
+          f"into the run's config.yaml")
+    return steps

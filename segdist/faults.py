@@ -1,0 +1,66 @@
+"""Fault injection for the reliability tests: `SEGDIST_FAULT=point[@step][#rank]`, unset in normal use.
+
+Points: `loader` (an exception in a training loader worker), `validation`, `checkpoint` (an OSError
+while a checkpoint is written), `kill_in_checkpoint` (SIGKILL after the files are written, before
+the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the checkpoint is in
+place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
+becomes NaN). `@step` limits it to one optimizer step (or batch, for
+`loader`), `#rank` to one rank. Several faults: separate them with commas.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+
+_step: int | None = None
+
+
+def at_step(step: int) -> None:
+    """Tell the injector which optimizer step (or loader batch) the process is at."""
+    global _step
+    _step = step
+
+
+def armed(point: str) -> bool:
+    """Whether the fault `point` is injected here and now."""
+    for spec in filter(None, os.environ.get("SEGDIST_FAULT", "").split(",")):
+        name, _, rank = spec.partition("#")
+        name, _, step = name.partition("@")
+        if name != point:
+            continue
+        if rank and int(rank) != int(os.environ.get("RANK", "0")):
+            continue
+        if step and (_step is None or int(step) != _step):
+            continue
+        return True
+    return False
+
+
+def hit(point: str) -> None:
+    """Raise (or kill the process) if the fault `point` is injected here and now."""
+    if not armed(point):
+        return
+    print(f"segdist: injected fault '{point}' at step {_step} (SEGDIST_FAULT) at {time.time():.3f}",
+          file=sys.stderr, flush=True)
+    if point.startswith("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point == "sigusr1":
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return
+    if point == "nan_loss":
+        return
+    if point == "checkpoint":
+        raise OSError(28, f"injected fault at {point}")  # errno 28: no space left on device
+    raise RuntimeError(f"injected fault at {point} (SEGDIST_FAULT)")
+
+
+def loss_value(loss):  # noqa: ANN001, ANN201
+    """`loss`, or NaN times it when `nan_loss` is injected at this step."""
+    if not armed("nan_loss"):
+        return loss
+    hit("nan_loss")
+    return loss * math.nan

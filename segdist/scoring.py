@@ -1,0 +1,63 @@
+"""Predict and score a split: the one path shared by training's validation and `segdist evaluate`.
+
+Each process predicts its share of the split (`eval_loader`) at the label's resolution, under the
+same precision rule (autocast in the run's `train.mixed_precision`), and adds to its own confusion
+matrix; the caller sums the matrices across processes once (`SegmentationMetrics.confusion()`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from segdist.inference import NO_TTA, TTA, infer_each, labels_at
+from segdist.metrics import SegmentationMetrics
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Scored:
+    """What one process scored: sample count, unreadable samples, and the first few predictions."""
+
+    samples: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+def autocast(device: torch.device, precision: str):  # noqa: ANN201
+    """The autocast context for `precision` ('no', 'bf16', 'fp16') on `device`."""
+    if precision == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, loader, normalize: torch.nn.Module, metrics: SegmentationMetrics, *,  # noqa: ANN001
+          device: torch.device, precision: str = "no", mode: str = "whole", crop=None, stride=None,  # noqa: ANN001
+          tta: TTA = NO_TTA, keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> Scored:
+    """Add this process's share of the split to `metrics`; `model` must be in eval mode."""
+    result = Scored()
+    for batch in loader:
+        result.unreadable += batch["unreadable"]
+        if batch["images"] is None:
+            continue
+        images = normalize(batch["images"].to(device, non_blocking=True))
+        # each image at its own size: padding to a batch neighbour's size would change its prediction
+        crops = [images[i, :, :h, :w] for i, (h, w) in enumerate(batch["sizes"])]
+        with autocast(device, precision):
+            probs = infer_each(model, crops, mode, crop=crop, stride=stride, tta=tta)
+        for i, (p, label) in enumerate(zip(probs, batch["labels"])):
+            label = label.to(device, non_blocking=True).long()
+            pred = labels_at(p.float(), label.shape)
+            metrics.update(pred[None], label[None])
+            if len(result.examples) < keep_examples:
+                h, w = batch["sizes"][i]
+                result.examples.append((batch["images"][i, :, :h, :w], label.cpu(), pred.cpu()))
+        result.samples += len(crops)
+        if progress is not None:
+            progress(len(crops) + len(batch["unreadable"]))
+    return result

@@ -1,0 +1,113 @@
+"""A time budget, the EMA of the weights and training on several splits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import run_cli, run_train, train_log
+from safetensors.numpy import load_file
+
+from segdist.budget import Costs, parse_duration, steps_that_fit
+from segdist.sources.synthetic import write_synthetic_coco
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_cluster):
+    root = tmp_path_factory.mktemp("options")
+    write_synthetic_coco(root / "raw", images=24, val_images=8, seed=2, width=128, height=96)
+    for split in ("train", "val"):
+        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
+                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
+                "--split", split, "--out", root / "shards", "--shard-size", "5", "--keep-empty")
+    return root / "shards"
+
+
+def test_durations_read_as_seconds():
+    assert [parse_duration(t) for t in ("50m", "1h30m", "90s", "2h", "3600", "02:30:00", "1-00:00:00", "45:00")] == \
+        [3000, 5400, 90, 7200, 3600, 9000, 86400, 2700]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("fifty minutes")
+
+
+def test_the_step_count_is_the_largest_that_fits_with_its_validations_and_checkpoints():
+    costs = Costs(step=1.0, validation=10.0, checkpoint=2.0)
+    n = steps_that_fit(1000, costs, per_epoch_updates=100, val_every=1, checkpoint_every=0)
+
+    def cost(steps):  # written out independently: validations and checkpoints per epoch, plus the final ones
+        epochs = steps // 100
+        return steps * 1.0 + (epochs + 1) * 10.0 + (epochs + epochs + 1 + 1) * 2.0
+
+    assert cost(n) <= 1000 < cost(n + 1)
+
+
+@pytest.mark.slow
+def test_a_budget_sets_max_steps_that_fit_and_resume_keeps_them(shards, tmp_path):
+    common = ["train.budget=45s", "data.epoch_samples=16", "data.workers=0", "train.checkpoint_every=4"]
+    out = run_train(shards, tmp_path, *common, "train.name=b")
+    chosen = yaml.safe_load((tmp_path / "b/config.yaml").read_text())["train"]["max_steps"]
+    summary = json.loads((tmp_path / "b/summary.json").read_text())
+    assert f"-> {chosen} optimizer steps" in out and summary["steps"] == chosen >= 4
+    assert summary["elapsed_s"] <= 45 * 1.15, summary  # calibration, training, validations and checkpoints
+    # an interrupted budget run resumes to the same step count, with the same schedule
+    run_train(shards, tmp_path, *common, "train.name=c", env={"SEGDIST_FAULT": "sigusr1@3"})
+    chosen_c = yaml.safe_load((tmp_path / "c/config.yaml").read_text())["train"]["max_steps"]
+    out = run_train(shards, tmp_path, *common, "train.name=c", resume=True)
+    assert "a step takes" not in out  # no second calibration: the step count comes from the checkpoint
+    assert yaml.safe_load((tmp_path / "c/config.yaml").read_text())["train"]["max_steps"] == chosen_c
+    assert json.loads((tmp_path / "c/summary.json").read_text())["steps"] == chosen_c
+    assert [e["step"] for e in train_log(tmp_path / "c")] == list(range(1, chosen_c + 1))
+
+
+def test_the_ema_follows_the_update_rule_with_buffers():
+    from segdist.ema import make_ema, model_weights
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = make_ema(model, 0.9)
+    expected = None
+    for i in range(4):
+        with torch.no_grad():
+            model[0].weight.add_(float(i + 1))
+        model(torch.randn(2, 3, 4, 4))  # moves the BatchNorm running statistics
+        current = {k: v.clone().float() for k, v in model.state_dict().items()}
+        ema.update_parameters(model)
+        expected = current if expected is None else {k: 0.9 * expected[k] + 0.1 * current[k] for k in current}
+    averaged = model_weights(ema.state_dict())
+    for key in ("0.weight", "1.running_mean", "1.running_var"):
+        assert torch.allclose(averaged[key].float(), expected[key], atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_with_ema_validation_best_and_evaluate_use_the_average(shards, tmp_path):
+    run_train(shards, tmp_path, "train.max_steps=6", "data.epoch_samples=16", "data.workers=0", "train.name=e",
+              "train.ema_decay=0.8")
+    checkpoint = tmp_path / "e/checkpoints/step_00000006"
+    raw, ema = load_file(str(checkpoint / "model.safetensors")), load_file(str(checkpoint / "ema.safetensors"))
+    key = next(k for k in raw if k.endswith("weight"))
+    assert not np.array_equal(raw[key], ema["module." + key.removeprefix("module.")])
+    from segdist.evaluate import evaluate
+
+    report = evaluate(tmp_path / "e", checkpoint="last", workers=0)
+    assert report["checkpoint"].endswith("ema.safetensors")
+    assert report["miou"] == json.loads((tmp_path / "e/summary.json").read_text())["last_miou"]
+
+
+def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards):
+    from segdist.config import load_config
+    from segdist.data import TrainBatches, load_dataset_info, steps_per_epoch
+    from segdist.manifest import class_weights
+    from segdist.optim import build_criterion
+
+    info = load_dataset_info(shards)
+    cfg = load_config(None, [f"data.shards={shards}", "data.train_split=[train, val]", "data.batch_size=4",
+                             "loss.name=weighted_ce", "loss.class_weights=inverse"])
+    train, val = info.split("train"), info.split("val")
+    assert steps_per_epoch(cfg.data, info, 1) == -(-(train["samples"] + val["samples"]) // 4)
+    batches = TrainBatches(cfg.data, info, seed=0, rank=0, world_size=1, start=0, end=1)
+    assert sorted(batches.urls) == sorted(str(shards / s["name"]) for s in train["shards"] + val["shards"])
+    combined = {k: (np.asarray(train[k]) + np.asarray(val[k])).tolist()
+                for k in ("class_pixels", "class_image_pixels")}
+    weights = build_criterion(cfg, info).loss.weight
+    assert torch.allclose(weights, torch.tensor(class_weights(combined, "inverse")))
+    assert not torch.allclose(weights, torch.tensor(class_weights(train, "inverse")))
