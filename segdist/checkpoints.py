@@ -172,7 +172,7 @@ def _publish(accelerator, final: Path, state: dict, write: Callable[[Path], None
         faults.hit("checkpoint")
         if main:
             (tmp / STATE_FILE).write_text(json.dumps(state))
-    except (OSError, RuntimeError, ValueError) as exc:  # a full disk surfaces as any of these
+    except Exception as exc:  # noqa: BLE001 - a full disk surfaces as OSError, RuntimeError, SafetensorError...
         error = exc
     if any_rank(accelerator, error is not None):  # doubles as the barrier save_state lacks
         if main:

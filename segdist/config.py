@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 scalars: only true/false are booleans (`no`, `on`, `off` stay strings, as in
+    `mixed_precision: no`), and `1e-4` is a float, not the string '1e-4'."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def read_yaml(text: str):  # noqa: ANN201
+    """Parse a config file or an override value (YAML 1.2 scalars, see _Yaml12Loader)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message lists the valid choices."""
 
@@ -153,7 +174,7 @@ def parse_override(text: str) -> dict:
     parts = dotted.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
         raise ConfigError(f"override '{text}' must look like section.key=value")
-    return {parts[0]: {parts[1]: yaml.safe_load(raw)}}
+    return {parts[0]: {parts[1]: read_yaml(raw)}}
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -163,7 +184,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path.read_text()) or {}
         apply(cfg, values, str(path))
     for item in overrides:
         apply(cfg, parse_override(item), f"override '{item}'")

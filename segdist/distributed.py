@@ -88,6 +88,18 @@ def agree(accelerator, *values: float | torch.Tensor) -> list[float]:  # noqa: A
     return packed.tolist()
 
 
+def broadcast_buffers(accelerator, module: torch.nn.Module) -> None:  # noqa: ANN001
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Under DDP each rank's running statistics move with its own last batch (DDP re-broadcasts rank
+    0's at the next forward); checkpoints hold rank 0's. Validating with rank 0's on every rank makes
+    validation equal `segdist evaluate` on the checkpoint, and a resumed run equal an uninterrupted one.
+    """
+    if accelerator.num_processes > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
 def any_rank(accelerator, flag: bool) -> bool:  # noqa: ANN001
     """True on every rank when `flag` is true on any of them."""
     return agree(accelerator, float(flag))[0] > 0

@@ -15,7 +15,12 @@ def make_ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | Non
     """An EMA of `model` (an unwrapped module), or None when `decay` is None."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    # accelerate's mixed precision sets an instance `forward` wrapping the ORIGINAL module's method;
+    # the deep copy would keep calling the original: fall back to the class's forward.
+    ema.module.__dict__.pop("forward", None)
+    ema.module.__dict__.pop("_original_forward", None)
+    return ema
 
 
 def model_weights(ema_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -42,8 +42,7 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
     """
     check_mode(mode, crop, stride)
     run = load_run(run_dir, checkpoint)
-    accelerator = make_accelerator(mixed_precision=run.config.train.mixed_precision,
-                                   timeout_s=run.config.train.collective_timeout)
+    accelerator = make_accelerator(timeout_s=run.config.train.collective_timeout)  # precision: see score()
     split = split or run.config.data.val_split
     info = load_dataset_info(shards or run.config.data.shards)
     if info.classes != run.classes or info.ignore_index != run.ignore_index:

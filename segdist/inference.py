@@ -128,12 +128,16 @@ def labels_at(probs: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def padded_logits(model: torch.nn.Module, images: Tensor) -> Tensor:
-    """One forward pass, the input zero-padded bottom/right to a multiple of 32, logits cropped back."""
+    """One forward pass, the input zero-padded bottom/right to a multiple of 32, logits cropped back.
+
+    The logits are float32 from here on whatever precision the model ran in (autocast), so every
+    caller (validation, evaluate, predict) resizes and averages them the same way.
+    """
     h, w = images.shape[-2:]
     pad_h, pad_w = -h % SIZE_DIVISOR, -w % SIZE_DIVISOR
     if pad_h or pad_w:
         images = F.pad(images, (0, pad_w, 0, pad_h))
-    return model(images)[..., :h, :w]
+    return model(images)[..., :h, :w].float()
 
 
 def slide_logits(model: torch.nn.Module, images: Tensor, crop: Sequence[int], stride: Sequence[int]) -> Tensor:

@@ -27,7 +27,7 @@ from segdist import checkpoints, faults, tracking
 from segdist.config import Config, save_config
 from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization,
                           steps_per_epoch)
-from segdist.distributed import agree, make_accelerator
+from segdist.distributed import agree, broadcast_buffers, make_accelerator
 from segdist.ema import make_ema
 from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
 from segdist.sources.common import DataError
@@ -115,10 +115,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     stop = "done"
     loader = train_loader(cfg.data, s.info, seed=cfg.train.seed, rank=s.accelerator.process_index,
                           world_size=s.accelerator.num_processes, start=s.state["batch"], end=s.total_batches)
-    try:
+    bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train", dynamic_ncols=True)
+    with loader, bar:  # closed on every path: workers released, an error message starts on a new line
         batches = iter(loader)
-        bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train",
-                   dynamic_ncols=True)
         while True:
             if epoch_end_due(s):
                 stop = end_of_epoch(s)
@@ -129,9 +128,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 save_checkpoint(s)  # every rank stops at the same step; a requeued job resumes here
             if stop != "done":
                 break
-        bar.close()
-    finally:
-        loader.close()
     return finish(s, stop)
 
 
@@ -379,6 +375,7 @@ def validate(s: Session) -> dict:
     faults.hit("validation")
     # the EMA when there is one; never the DDP wrapper: processes may run different batch counts
     net = s.ema.module if s.ema is not None else accelerator.unwrap_model(s.model)
+    broadcast_buffers(accelerator, net)
     net.eval()
     metrics = SegmentationMetrics(s.info.num_classes, s.info.ignore_index).to(accelerator.device)
     loader = eval_loader(cfg.data, s.info, cfg.data.val_split, rank=accelerator.process_index,

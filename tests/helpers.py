@@ -106,8 +106,9 @@ def train_cmd(shards: Path, runs: Path, *overrides: str, launch: list[str] | Non
     """The command line of `segdist train` on the demo recipe, SMALL, and `overrides`."""
     import sys
 
-    cmd = [*(launch or [sys.executable]), "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"),
-           f"data.shards={shards}", f"train.runs_dir={runs}", *SMALL, *overrides]
+    prefix = launch if launch is not None else [sys.executable]
+    cmd = [*prefix, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"), f"data.shards={shards}",
+           f"train.runs_dir={runs}", *SMALL, *overrides]
     return cmd + (["--resume"] if resume else [])
 
 

@@ -49,6 +49,13 @@ def test_scientific_notation_is_a_float_in_overrides_and_files(tmp_path):
     assert isinstance(cfg.optim.lr, float)
 
 
+def test_yaml_1_1_booleans_stay_strings():
+    # YAML 1.1 reads `no`, `on`, `off`, `yes` as booleans: `mixed_precision: no` would be False
+    assert load_config(None, ["train.mixed_precision=no", "train.name=on"]).train.mixed_precision == "no"
+    assert load_config(None, ["train.name=off"]).train.name == "off"
+    assert load_config(None, ["model.channels_last=true"]).model.channels_last is True
+
+
 def _wrong_value(hint):
     """A value no member of the field's type accepts: 'fast' for a float, '1.5' for an int, ..."""
     import typing
