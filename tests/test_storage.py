@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import os
 import pickle
@@ -345,3 +346,35 @@ def test_join_places_a_name_inside_each_kind_of_url():
         storage.join("pipe:cat /data", "a.tar")
     assert storage.is_local(Path("/data")) and storage.is_local("file:///data")
     assert not storage.is_local("s3://b/p") and storage.kind("https://h/x") == "http"
+
+
+def test_a_stream_that_gave_up_raises_again_without_new_requests_or_counts(http_server):
+    (http_server.root / "d.tar").write_bytes(payload(10_000))
+    http_server.fail("/d.tar", times=100)
+    stats = StorageStats()
+    stream = storage.open_stream(f"{http_server.url}/d.tar", retry=FAST, stats=stats)
+    for _ in range(3):
+        with pytest.raises(ShardUnavailable):
+            stream.read(100)
+    assert len(http_server.requests("/d.tar")) == FAST.retries + 1 and stats.give_ups == 1
+
+
+def test_webdataset_reads_identical_samples_from_a_shard_whose_connection_drops(http_server, tmp_path):
+    import tarfile
+
+    import webdataset as wds
+
+    with tarfile.open(http_server.root / "train-000000.tar", "w") as tar:
+        for i in range(20):
+            for ext, data in (("jpg", payload(20_000, seed=i)), ("json", b'{"i": %d}' % i)):
+                member = tarfile.TarInfo(f"{i:06d}.{ext}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    http_server.drop_connection("/train-000000.tar", times=2, after_bytes=150_000)
+    stats = StorageStats()
+    url = f"{http_server.url}/train-000000.tar"
+    opened = ({"url": u, "stream": storage.open_stream(u, retry=FAST, stats=stats)} for u in [url])
+    samples = list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(opened)))
+    assert [s["__key__"] for s in samples] == [f"{i:06d}" for i in range(20)]
+    assert all(s["jpg"] == payload(20_000, seed=i) for i, s in enumerate(samples))
+    assert stats.retries == 2

@@ -14,7 +14,7 @@ import io
 from typing import BinaryIO, Callable, Protocol
 
 from . import urls
-from .retry import Attempts, RetryPolicy, StorageStats
+from .retry import Attempts, RetryPolicy, ShardUnavailable, StorageStats
 
 BUFFER = 1 << 20  # the raw reads an S3/HTTP body sees; tarfile reads in much smaller pieces
 
@@ -41,6 +41,7 @@ class ResumableReader(io.RawIOBase):
         self.position = start
         self.attempts = Attempts(url, policy, stats)
         self.body: Body | None = None
+        self.gave_up: ShardUnavailable | None = None  # raised again on later reads, counted once
         self.on_close: list[Callable[[], None]] = []
 
     def readable(self) -> bool:
@@ -50,13 +51,19 @@ class ResumableReader(io.RawIOBase):
         wanted = len(buffer) if self.end is None else min(len(buffer), self.end - self.position)
         if wanted <= 0:
             return 0
+        if self.gave_up is not None:
+            raise self.gave_up
         view = memoryview(buffer).cast("B")[:wanted]
         while True:
             try:
                 return self._read_once(view)
             except Exception as error:  # noqa: BLE001 - Attempts re-raises what is not transient
                 self._close_body()
-                self.attempts.failed(error)
+                try:
+                    self.attempts.failed(error)
+                except ShardUnavailable as final:
+                    self.gave_up = final
+                    raise
 
     def _read_once(self, view: memoryview) -> int:
         if self.body is None:
