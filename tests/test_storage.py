@@ -284,7 +284,7 @@ def test_publishing_a_local_file_writes_it_whole_under_its_final_name(tmp_path):
     storage.publish_file(local, tmp_path / "out" / "train-000000.tar")
     assert (tmp_path / "out" / "train-000000.tar").read_bytes() == payload(1000)
     assert storage.list_names(tmp_path / "out") == ["train-000000.tar"]
-    with pytest.raises(ValueError, match="read-only"):
+    with pytest.raises(ValueError, match="can only be read"):
         storage.publish_file(local, "http://127.0.0.1:1/x.tar")
 
 

@@ -65,7 +65,7 @@ def publish_file(local_path: str | os.PathLike, url: urls.Url, *, retry: RetryPo
         from . import s3
 
         return with_retries(url, lambda: s3.put_file(str(local_path), url, retry.timeout), retry, stats)
-    target = _writable_local(url, "publish to")
+    target = _local_only(url, "publish to")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -85,7 +85,7 @@ def exists(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: Storage
         from .http import head_status
 
         return with_retries(url, lambda: head_status(url, retry.timeout), retry, stats) < 300
-    return _writable_local(url, "check").exists()
+    return _local_only(url, "check").exists()
 
 
 def list_names(prefix: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
@@ -96,7 +96,7 @@ def list_names(prefix: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
         from . import s3
 
         return with_retries(prefix, lambda: s3.list_names(prefix, retry.timeout), retry, stats)
-    directory = _writable_local(prefix, "list")
+    directory = _local_only(prefix, "list")
     if not directory.is_dir():
         return []
     return sorted(p.name for p in directory.iterdir() if p.is_file())
@@ -109,11 +109,12 @@ def delete(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: Storage
         from . import s3
 
         return with_retries(url, lambda: s3.delete(url, retry.timeout), retry, stats)
-    _writable_local(url, "delete").unlink(missing_ok=True)
+    _local_only(url, "delete").unlink(missing_ok=True)
 
 
-def _writable_local(url: str, action: str) -> Path:
+def _local_only(url: str, action: str) -> Path:
+    """The local path of `url`; http and pipe sources can only be read (no writing, no listing)."""
     if urls.kind(url) in ("http", "pipe"):
-        raise ValueError(f"cannot {action} {url}: {urls.kind(url)} sources are read-only "
-                         f"(write to a local directory or an s3:// bucket)")
+        raise ValueError(f"cannot {action} {url}: {urls.kind(url)} sources can only be read "
+                         f"(use a local directory or an s3:// prefix)")
     return urls.local_path(url)

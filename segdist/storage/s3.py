@@ -23,6 +23,14 @@ _filesystems: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
+def _new_lock_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the moment of fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def filesystem(timeout: float):
     """This process's s3fs filesystem for the current endpoint/credential environment."""
     key = (os.getpid(), timeout) + tuple(os.environ.get(name) for name in (
