@@ -55,3 +55,54 @@ def tiny_run(tmp_path_factory, ray_cluster):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return root / "runs" / "tiny"
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A fault-injecting HTTP server on 127.0.0.1 serving `server.root` (tmp_path/www)."""
+    from servers import FaultyServer
+
+    (tmp_path / "www").mkdir()
+    with FaultyServer(tmp_path / "www") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on 127.0.0.1, with the AWS_* environment pointing at it for the session."""
+    from helpers import free_port
+    from servers import MotoServer
+
+    server = MotoServer(free_port()).start()
+    env = {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server):
+    """A fresh, empty bucket on the moto server: its s3:// URL."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server.url).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_proxy(moto_server, monkeypatch):
+    """A fault-injecting proxy in front of moto; AWS_ENDPOINT_URL points at it for the test."""
+    from servers import FaultyServer
+
+    with FaultyServer(upstream=moto_server.url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy

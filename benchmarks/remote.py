@@ -1,0 +1,214 @@
+"""Remote reading (issue 12, item 6): shards over HTTP vs a folder of files over HTTP.
+
+A local HTTP server (tests/servers.py) adds `--latency` (default 5 ms) to every request, as an
+object store does, and serves the same synthetic COCO samples two ways: `folder/images/*.jpg` +
+`folder/masks/*.png`, and `shards/` (tar shards of 64 + dataset.json, from `segdist prepare`).
+
+Baseline: `HTTPFolderDataset`, a map-style Dataset that GETs each image and each mask with its
+own request (the way a hand-made pipeline reads a bucket), decodes with segdist.images, applies
+segdist's albumentations pipeline and ships uint8 tensors, in a DataLoader with the same workers
+and batch size as segdist's. Both sides normalise in the consuming process (counted).
+
+Measured:
+  baseline   HTTPFolderDataset, 2 requests per sample
+  storage    plain webdataset over `segdist.storage.open_stream` (1 request per shard), same decode and
+             augmentation: what the storage layer alone gives, before segdist.data uses it
+  segdist    `segdist.data.train_loader` with `data.shards=<http URL>` -- see LEAD HOOK below; reported
+             as not measured while segdist.data does not accept URLs
+
+    python benchmarks/remote.py [--images 300] [--workers 2] [--batch 8] [--latency 0.005]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the HTTP server the tests use
+
+from servers import FaultyServer  # noqa: E402
+
+
+def images_per_second(batches: Iterable, limit: int,
+                      prepare: Callable = lambda images, labels: (images, labels)) -> float:
+    """Images per second of any iterable of (images, labels) batches, over `limit` images.
+
+    The first batch (worker start-up, first connections) is left out for every pipeline alike.
+    """
+    count, start = 0, None
+    for images, labels in batches:
+        images, labels = prepare(images, labels)
+        if start is None:
+            start = time.perf_counter()
+            continue
+        count += images.shape[0]
+        if count >= limit:
+            break
+    if start is None or count == 0:
+        raise RuntimeError("the pipeline gave fewer than two batches")
+    return count / (time.perf_counter() - start)
+
+
+def make_dataset(work: Path, images: int) -> list[str]:
+    """Synthetic COCO -> `segdist prepare` shards in work/shards, the same samples as files in work/folder."""
+    import webdataset as wds
+
+    from segdist.cli import main
+    from segdist.sources.synthetic import write_synthetic_coco
+
+    write_synthetic_coco(work / "raw", images, val_images=1, seed=0)
+    main(["prepare", "coco", "--images", str(work / "raw/train"), "--annotations",
+          str(work / "raw/annotations/instances_train.json"), "--classes", "person,bicycle,car",
+          "--out", str(work / "shards"), "--keep-empty", "--shard-size", "64"])
+    (work / "folder/images").mkdir(parents=True)
+    (work / "folder/masks").mkdir()
+    keys = []
+    for sample in wds.WebDataset(sorted(str(p) for p in (work / "shards").glob("train-*.tar")), shardshuffle=False):
+        (work / "folder/images" / f"{sample['__key__']}.jpg").write_bytes(sample["jpg"])
+        (work / "folder/masks" / f"{sample['__key__']}.png").write_bytes(sample["seg.png"])
+        keys.append(sample["__key__"])
+    return keys
+
+
+def fetch(url: str, timeout: float = 30.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+class HTTPFolderDataset(Dataset):
+    """The baseline: one GET for the image and one for the mask of every sample."""
+
+    def __init__(self, base_url: str, keys: list[str], transform):
+        self.base_url, self.keys, self.transform = base_url, keys, transform
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        from segdist.data import to_tensors
+        from segdist.images import decode_label, decode_rgb
+
+        key = self.keys[index]
+        image = decode_rgb(fetch(f"{self.base_url}/folder/images/{key}.jpg"))
+        label = decode_label(fetch(f"{self.base_url}/folder/masks/{key}.png"))
+        out = self.transform(image=image, mask=label)
+        return to_tensors(out["image"], out["mask"])
+
+
+class StorageShardStream(IterableDataset):
+    """Shards picked at random (per worker seed), each read with one `segdist.storage.open_stream`."""
+
+    def __init__(self, urls: list[str], transform, batch: int, seed: int = 0):
+        self.urls, self.transform, self.batch, self.seed = urls, transform, batch, seed
+
+    def __iter__(self):
+        import webdataset as wds
+
+        from segdist import storage
+        from segdist.data import decode, to_tensors
+
+        info = get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+
+        def opened():
+            while True:
+                url = rng.choice(self.urls)
+                yield {"url": url, "stream": storage.open_stream(url)}
+
+        samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(opened()))
+        images, labels = [], []
+        for sample in samples:
+            image, label = decode(sample)
+            out = self.transform(image=image, mask=label)
+            image, label = to_tensors(out["image"], out["mask"])
+            images.append(image)
+            labels.append(label)
+            if len(images) == self.batch:
+                yield torch.stack(images), torch.stack(labels)
+                images, labels = [], []
+
+
+def segdist_loader(shards_url: str, cfg):
+    """LEAD HOOK (issue 12): segdist's own loader reading the shards from the HTTP server.
+
+    This becomes a measurement by itself once `segdist.data.load_dataset_info` / `train_loader`
+    accept a URL in `data.shards` (they take a local directory today). Returns (loader, None),
+    or (None, why not) while they do not.
+    """
+    from segdist.data import load_dataset_info, train_loader
+    from segdist.sources.common import DataError
+
+    try:
+        info = load_dataset_info(shards_url)
+    except DataError as error:
+        return None, str(error)
+    return train_loader(cfg, info, seed=0, epoch=0, rank=0, world_size=1), None
+
+
+def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, augment: dict) -> dict:
+    """img/s of the baseline, the storage-layer stream and (when wired) segdist's loader."""
+    from segdist.config import DataConfig
+    from segdist.data import Normalizer, load_dataset_info, normalization, train_transform
+
+    info = load_dataset_info(work / "shards")  # local read of the manifest: only the shard bytes go over HTTP
+    cfg = DataConfig(shards=f"{base_url}/shards", crop_size=[384, 384], batch_size=batch, workers=workers,
+                     epoch_samples=10**6, **augment)
+    normalize = Normalizer(*normalization(cfg, info))
+    prepare = lambda images, labels: (normalize(images), labels.long())  # noqa: E731 - same for every pipeline
+    limit = 2 * len(keys)
+    transform = train_transform(cfg, info, seed=0)
+    folder = HTTPFolderDataset(base_url, keys, transform)
+    sampler = torch.utils.data.RandomSampler(folder, replacement=True, num_samples=10**6)
+    results = {"baseline": images_per_second(DataLoader(folder, batch_size=batch, sampler=sampler,
+                                                        num_workers=workers, drop_last=True), limit, prepare)}
+    urls = [f"{base_url}/shards/{p.name}" for p in sorted((work / "shards").glob("train-*.tar"))]
+    stream = StorageShardStream(urls, transform, batch)
+    results["storage"] = images_per_second(DataLoader(stream, batch_size=None, num_workers=workers), limit, prepare)
+    loader, why_not = segdist_loader(cfg.shards, cfg)
+    results["segdist"] = images_per_second(loader, limit, prepare) if loader is not None else why_not
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--latency", type=float, default=0.005, help="seconds added to every request")
+    args = parser.parse_args()
+    np.random.seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        keys = make_dataset(work, args.images)
+        with FaultyServer(work, latency=args.latency) as server:
+            runs = {label: bench(work, keys, server.url, args.workers, args.batch, augment) for label, augment in (
+                ("random scale 0.5-2 + crop 384 + flip + colour jitter", dict(color_jitter=0.5)),
+                ("plain crop 384", dict(scale_range=[1.0, 1.0], hflip=0.0)))}
+            requests = len(server.log)
+    print(f"\nremote reading, synthetic COCO 640x480 ({args.images} images), HTTP on 127.0.0.1 with "
+          f"{args.latency * 1e3:g} ms per request, {args.workers} workers, batch {args.batch} "
+          f"({requests} requests served in all):")
+    for label, result in runs.items():
+        base = result["baseline"]
+        line = (f"    {label:<52} folder over HTTP {base:7.1f} img/s   storage shard stream {result['storage']:7.1f} "
+                f"img/s ({result['storage'] / base:.2f}x)")
+        if isinstance(result["segdist"], float):
+            line += f"   segdist loader {result['segdist']:7.1f} img/s ({result['segdist'] / base:.2f}x)"
+        else:
+            line += f"\n        segdist loader: not measured ({result['segdist']})"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Whole-object operations on any URL kind: open, read, publish, exists, list, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from . import urls
+from .cache import ShardCache
+from .retry import RetryPolicy, StorageStats, with_retries
+from .stream import open_uncached
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def open_stream(url: urls.Url, *, start: int = 0, end: int | None = None, retry: RetryPolicy = DEFAULT_POLICY,
+                stats: StorageStats | None = None, cache_dir: str | os.PathLike | None = None,
+                cache_max_bytes: int | None = None) -> BinaryIO:
+    """Bytes [start, end) of `url` as a binary file object that retries and resumes on its own.
+
+    With `cache_dir`, a remote object is first downloaded whole into the node's cache (once, even
+    with many processes asking) and read from there. Raises ShardUnavailable when the object
+    cannot be had within `retry`; `stats` (default: this process's) counts retries and give-ups.
+    """
+    url = str(url)
+    if cache_dir is None or urls.kind(url) == "local":
+        return open_uncached(url, start, end, retry, stats)
+    cache = ShardCache(cache_dir, cache_max_bytes)
+
+    def download(target: BinaryIO) -> None:
+        with open_uncached(url, 0, None, retry, stats) as source:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+    path, release = cache.acquire(url, download)
+    try:
+        stream = open_uncached(str(path), start, end, retry, stats)
+    except BaseException:
+        release()
+        raise
+    stream.raw.on_close.append(release)
+    return stream
+
+
+def read_bytes(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None) -> bytes:
+    with open_stream(url, retry=retry, stats=stats) as stream:
+        return stream.read()
+
+
+def read_json(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None):
+    data = read_bytes(url, retry=retry, stats=stats)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{url}: not valid JSON ({error})") from None
+
+
+def publish_file(local_path: str | os.PathLike, url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
+                 stats: StorageStats | None = None) -> None:
+    """Put a finished local file at `url` so that readers see it complete or not at all."""
+    url, kind = str(url), urls.kind(url)
+    if kind == "s3":
+        from . import s3
+
+        return with_retries(url, lambda: s3.put_file(str(local_path), url, retry.timeout), retry, stats)
+    target = _local_only(url, "publish to")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(local_path, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def exists(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None) -> bool:
+    url, kind = str(url), urls.kind(url)
+    if kind == "s3":
+        from . import s3
+
+        return with_retries(url, lambda: s3.exists(url, retry.timeout), retry, stats)
+    if kind == "http":
+        from .http import head_status
+
+        return with_retries(url, lambda: head_status(url, retry.timeout), retry, stats) < 300
+    return _local_only(url, "check").exists()
+
+
+def list_names(prefix: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
+               stats: StorageStats | None = None) -> list[str]:
+    """Sorted names of the objects (files) directly under `prefix`; [] when there is none."""
+    prefix, kind = str(prefix), urls.kind(prefix)
+    if kind == "s3":
+        from . import s3
+
+        return with_retries(prefix, lambda: s3.list_names(prefix, retry.timeout), retry, stats)
+    directory = _local_only(prefix, "list")
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.is_file())
+
+
+def delete(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None) -> None:
+    """Remove the object; removing one that is not there is not an error."""
+    url, kind = str(url), urls.kind(url)
+    if kind == "s3":
+        from . import s3
+
+        return with_retries(url, lambda: s3.delete(url, retry.timeout), retry, stats)
+    _local_only(url, "delete").unlink(missing_ok=True)
+
+
+def _local_only(url: str, action: str) -> Path:
+    """The local path of `url`; http and pipe sources can only be read (no writing, no listing)."""
+    if urls.kind(url) in ("http", "pipe"):
+        raise ValueError(f"cannot {action} {url}: {urls.kind(url)} sources can only be read "
+                         f"(use a local directory or an s3:// prefix)")
+    return urls.local_path(url)
