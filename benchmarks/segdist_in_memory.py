@@ -27,7 +27,7 @@ class InMemory:
         generator = torch.Generator().manual_seed(0)
         self.batch = (torch.randint(0, 256, (cfg.batch_size, 3, h, w), dtype=torch.uint8, generator=generator),
                       torch.randint(0, info.num_classes, (cfg.batch_size, h, w), dtype=torch.uint8,
-                                    generator=generator), {})
+                                    generator=generator), {"skipped": {}, "retries": 0, "unavailable": {}})
         self.count = end - start
 
     def __iter__(self):

@@ -23,7 +23,7 @@ CLASS_WEIGHTS = ("inverse", "median_freq")
 
 @dataclass
 class DataConfig:
-    shards: str = "shards/demo"  # a directory written by `segdist prepare`
+    shards: str = "shards/demo"  # written by `segdist prepare`: a directory, http(s):// or s3:// prefix, or pipe:
     train_split: str | list[str] = "train"  # one split, or several trained on together: [train, val]
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # H, W
@@ -44,6 +44,10 @@ class DataConfig:
     class_balanced: bool = False  # repeat images holding rare classes (repeat-factor sampling)
     balance_threshold: float = 0.3  # repeat images whose rarest class is in fewer than this share
     epoch_samples: int | None = None  # training samples per epoch over all processes (default: split size)
+    cache_dir: str | None = None  # node-local cache for remote shards (each downloaded once per node)
+    cache_max_gb: float = 50.0  # the cache's size bound; least recently used shards are evicted
+    retries: int = 5  # transient failures tolerated per remote shard read (resumed where possible)
+    io_timeout: float = 30.0  # seconds any network call may take
 
 
 @dataclass

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from segdist import faults
+from segdist import faults, storage
 from segdist.augment import CorruptSample, Normalizer, augment, decode, eval_transform, to_tensors, train_transform
 from segdist.config import DataConfig
-from segdist.manifest import read_manifest, shard_paths
+from segdist.manifest import MANIFEST, read_manifest, shard_paths
 from segdist.sources.common import DataError
-from segdist.tarstream import Skips, range_samples, resampled_samples, slot_ranges
+from segdist.tarstream import Reader, Skips, range_samples, resampled_samples, slot_ranges
 from segdist.workers import Loader
 
 __all__ = ["DatasetInfo", "Normalizer", "load_dataset_info", "normalization", "train_loader", "eval_loader",
@@ -39,7 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SUMMED_STATS = ("samples", "class_pixels", "class_images", "class_image_pixels")
 # Why data could not be read, as counted in the loaders, summary.json and the trackers.
-SKIP_REASONS = ("unreadable_shard", "truncated_shard", "incomplete_sample", "undecodable", "size_mismatch")
+SKIP_REASONS = ("unavailable_shard", "truncated_shard", "incomplete_sample", "undecodable", "size_mismatch")
 
 
 def split_names(value: str | list[str]) -> list[str]:
@@ -49,9 +49,9 @@ def split_names(value: str | list[str]) -> list[str]:
 
 @dataclass
 class DatasetInfo:
-    """What training needs from dataset.json."""
+    """What training needs from dataset.json; `root` is a directory or a URL prefix (see storage)."""
 
-    root: Path
+    root: Path | str
     manifest: dict
 
     @property
@@ -86,7 +86,10 @@ class DatasetInfo:
         for name in split_names(names):
             if not self.split(name)["samples"]:
                 raise DataError(f"{self.root}: split '{name}' has no samples")
-            urls += [str(p) for p in shard_paths(self.root, self.manifest, name)]
+            if storage.is_local(self.root):
+                urls += [str(p) for p in shard_paths(Path(self.root), self.manifest, name)]
+            else:  # remote: a missing shard shows when it is read (retried, then counted)
+                urls += [storage.join(self.root, s["name"]) for s in self.split(name)["shards"]]
             records += self.split(name)["shards"]
         return urls, records
 
@@ -98,10 +101,17 @@ def _summed(values: list) -> int | list:
 
 
 def load_dataset_info(shards: str | Path) -> DatasetInfo:
-    root = Path(shards)
-    if not root.is_dir():
-        raise DataError(f"data.shards: {root} is not a directory; run `segdist prepare ... --out {root}` first")
-    return DatasetInfo(root, read_manifest(root))
+    """The manifest of a prepared dataset: a local directory or a remote prefix (http(s)://, s3://, pipe:)."""
+    if storage.is_local(shards):
+        root = storage.urls.local_path(shards)
+        if not root.is_dir():
+            raise DataError(f"data.shards: {root} is not a directory; run `segdist prepare ... --out {root}` first")
+        return DatasetInfo(root, read_manifest(root))
+    url = storage.join(shards, MANIFEST)
+    try:
+        return DatasetInfo(str(shards), storage.read_json(url))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.shards: cannot read {url}: {exc}") from None
 
 
 def normalization(cfg: DataConfig, info: DatasetInfo) -> tuple[tuple, tuple]:
@@ -138,7 +148,9 @@ class TrainBatches(IterableDataset):
     def __init__(self, cfg: DataConfig, info: DatasetInfo, *, seed: int, rank: int, world_size: int,
                  start: int, end: int):
         self.cfg, self.seed, self.rank, self.start, self.end = cfg, seed, rank, start, end
-        self.urls, _ = info.shards(cfg.train_split)
+        urls, records = info.shards(cfg.train_split)
+        self.shards = [(url, record["samples"]) for url, record in zip(urls, records)]
+        self.reader = Reader.from_config(cfg)
         self.ignore_index = info.ignore_index
         self.per_epoch = steps_per_epoch(cfg, info, world_size)
         self.streams = max(1, cfg.workers)
@@ -166,7 +178,7 @@ class TrainBatches(IterableDataset):
         """Batches first, first+1, ... of stream (seed, epoch, rank, stream)."""
         seed = stream_seed(self.seed, epoch, self.rank, stream)
         rng, skips = random.Random(seed), Skips()
-        samples = resampled_samples(self.urls, rng, skips)
+        samples = resampled_samples(self.shards, rng, skips, self.reader)
         if self.factors is not None:
             samples = self._repeat(samples, rng)
         samples = _shuffle(samples, self.cfg.shuffle_buffer, rng)
@@ -224,28 +236,35 @@ def train_loader(cfg: DataConfig, info: DatasetInfo, *, seed: int, rank: int, wo
 
 
 class EvalStream(IterableDataset):
-    """Every sample of a split exactly once across all (process, worker) slots, each reading only its share."""
+    """Every sample of a split exactly once across all (process, worker) slots, each reading only its share.
 
-    def __init__(self, info: DatasetInfo, split: str, size: int | None, rank: int, world_size: int):
+    Yields (image, label, key, None), or (None, None, what, reason) for each sample it could not read.
+    """
+
+    def __init__(self, info: DatasetInfo, split: str, size: int | None, rank: int, world_size: int,
+                 reader: Reader):
         self.urls, self.records = info.shards(split)
-        self.size, self.rank, self.world_size = size, rank, world_size
+        self.size, self.rank, self.world_size, self.reader = size, rank, world_size, reader
 
     def __iter__(self) -> Iterator[tuple]:
         worker, workers = _worker()
         ranges = slot_ranges(self.urls, self.records, self.rank * workers + worker, self.world_size * workers)
         transform, skips = eval_transform(self.size), Skips()
-        for sample in range_samples(ranges, skips):
-            for reason, count in skips.take().items():  # shard-level breaks: samples lost, keys unknown
-                yield None, None, f"{sample['__url__']} ({count} break(s))", reason
+        for item in range_samples(ranges, skips, self.reader):
+            if isinstance(item, int):  # a shard range broke off: that many samples were not read
+                taken = skips.take()
+                reason = next(iter(taken["skipped"]), "truncated_shard")
+                for k in range(item):
+                    yield None, None, f"{next(iter(taken['unavailable']), 'a shard')} (sample {k + 1} of {item} lost)", \
+                        reason
+                continue
             try:
-                image, label = decode(sample)
+                image, label = decode(item)
             except CorruptSample as exc:
-                yield None, None, sample["__key__"], exc.reason
+                yield None, None, item["__key__"], exc.reason
                 continue
             image = transform(image=image)["image"]
-            yield (*to_tensors(image, label), sample["__key__"], None)
-        for reason, count in skips.take().items():
-            yield None, None, f"{count} shard break(s)", reason
+            yield (*to_tensors(image, label), item["__key__"], None)
 
 
 def pad_collate(batch: list, multiple: int = 32) -> dict:
@@ -271,7 +290,7 @@ def pad_collate(batch: list, multiple: int = 32) -> dict:
 def eval_loader(cfg: DataConfig, info: DatasetInfo, split: str, *, rank: int, world_size: int,
                 size: int | None = None, batch_size: int | None = None, workers: int | None = None) -> Loader:
     """Validation/evaluation batches: padded images, labels at their original resolution."""
-    stream = EvalStream(info, split, size, rank, world_size)
+    stream = EvalStream(info, split, size, rank, world_size, Reader.from_config(cfg))
     return Loader(stream, batch_size=batch_size or cfg.val_batch_size,
                   num_workers=cfg.workers if workers is None else workers, collate_fn=pad_collate,
                   generator=torch.Generator())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import time
@@ -29,6 +28,7 @@ from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, lo
                           steps_per_epoch)
 from segdist.distributed import agree, broadcast_buffers, make_accelerator
 from segdist.ema import make_ema
+from segdist.manifest import write_json_atomic
 from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
 from segdist.sources.common import DataError
 
@@ -86,6 +86,8 @@ class Session:
     log_lines: list = field(default_factory=list)
     last_loss: float = math.nan
     pending_skips: dict = field(default_factory=dict)  # this rank's unreadable data since the last update
+    pending_retries: int = 0  # this rank's storage retries since the last update
+    unavailable: dict = field(default_factory=dict)  # shard URL -> why it could not be read (this rank)
     interval: Interval = field(default_factory=Interval)
     totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0})
     warned_data_bound: bool = False
@@ -104,7 +106,7 @@ class Session:
 def new_state() -> dict:
     return {"batch": 0, "update": 0, "epoch": 0, "validated_at": 0, "best_miou": -1.0, "best_step": None,
             "stale": 0, "last_miou": None, "nonfinite_skipped": 0, "nonfinite_in_a_row": 0,
-            "data_skipped": dict.fromkeys(SKIP_REASONS, 0)}  # summed over all ranks
+            "data_skipped": dict.fromkeys(SKIP_REASONS, 0), "storage_retries": 0}  # summed over all ranks
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
@@ -147,7 +149,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     if accelerator.is_main_process:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         checkpoints.remove_partial(run_dir)
-        shutil.copy(info.root / "dataset.json", run_dir / "dataset.json")
+        write_json_atomic(run_dir / "dataset.json", info.manifest)
     accelerator.wait_for_everyone()
 
     set_seed(cfg.train.seed)  # the same initial weights on every rank
@@ -232,10 +234,9 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
     pending_loss, micro = torch.zeros((), device=accelerator.device), 0
     while state["batch"] < epoch_end:
         waited = time.perf_counter()
-        images, labels, skipped = next(batches)
+        images, labels, unread = next(batches)
         s.interval.waited += time.perf_counter() - waited
-        for reason, n in skipped.items():
-            s.pending_skips[reason] = s.pending_skips.get(reason, 0) + n
+        note_unread(s, unread)
         images = s.normalize(images.to(accelerator.device, non_blocking=True))
         labels = labels.to(accelerator.device, non_blocking=True).long()
         if cfg.model.channels_last:
@@ -264,6 +265,17 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
     return "done"
 
 
+def note_unread(s: Session, unread: dict) -> None:
+    """Add what a batch's stream could not read (skips, storage retries, shards given up) to this rank's tally."""
+    for reason, n in unread["skipped"].items():
+        s.pending_skips[reason] = s.pending_skips.get(reason, 0) + n
+    s.pending_retries += unread["retries"]
+    for url, why in unread["unavailable"].items():
+        if url not in s.unavailable:
+            print(f"segdist: WARNING: [rank {s.accelerator.process_index}] skipped shard {url}: {why}", flush=True)
+        s.unavailable[url] = why
+
+
 def optimizer_step(s: Session, loss: torch.Tensor) -> str:
     """One update, decided with the other ranks in one all-reduce: step, skip (non-finite) or stop.
 
@@ -271,9 +283,12 @@ def optimizer_step(s: Session, loss: torch.Tensor) -> str:
     """
     cfg, state = s.cfg, s.state
     skips = [s.pending_skips.get(reason, 0) for reason in SKIP_REASONS]
-    mean_loss, nonfinite, stop, *skipped = agree(s.accelerator, loss / s.accelerator.num_processes,
-                                                 (~torch.isfinite(loss)).float(), float(s.stopper.requested), *skips)
+    mean_loss, nonfinite, stop, retries, *skipped = agree(
+        s.accelerator, loss / s.accelerator.num_processes, (~torch.isfinite(loss)).float(),
+        float(s.stopper.requested), s.pending_retries, *skips)
     s.pending_skips.clear()
+    s.pending_retries = 0
+    state["storage_retries"] += int(retries)
     for reason, n in zip(SKIP_REASONS, skipped):
         state["data_skipped"][reason] += int(n)
     state["update"] += 1
@@ -320,6 +335,8 @@ def log_interval(s: Session, bar: tqdm) -> None:
     values = {"train/loss": last["loss"], "train/lr": last["lr"], "train/images_per_s": figures["images_per_s"],
               "train/data_wait_share": figures["data_wait_share"]}
     values.update({f"train/skipped_{k}": v for k, v in s.state["data_skipped"].items() if v})
+    if s.state["storage_retries"]:
+        values["train/storage_retries"] = s.state["storage_retries"]
     if s.accelerator.device.type == "cuda":
         values["train/gpu_mem_gb"] = torch.cuda.max_memory_allocated(s.accelerator.device) / 2**30
     s.accelerator.log(values, step=s.state["update"])
@@ -442,7 +459,8 @@ def finish(s: Session, stop: str) -> dict:
                "last_miou": s.state["last_miou"],
                "world_size": s.accelerator.num_processes, "last_loss": s.last_loss,
                "nonfinite_skipped": s.state["nonfinite_skipped"],
-               "data_skipped": dict(s.state["data_skipped"]),
+               "data_skipped": dict(s.state["data_skipped"]), "storage_retries": s.state["storage_retries"],
+               "unavailable_shards": gathered_unavailable(s),
                "images_per_s_per_process": totals["images"] / max(totals["elapsed"], 1e-9),
                "data_wait_share": totals["waited"] / max(totals["elapsed"], 1e-9),
                "max_steps": s.state["max_steps"], "elapsed_s": time.time() - s.started}
@@ -461,6 +479,15 @@ def finish(s: Session, stop: str) -> dict:
                             f"no non-finite weights were applied or saved; the last checkpoint is "
                             f"{(checkpoints.step_checkpoints(s.run_dir) or ['none'])[-1]}")
     return summary
+
+
+def gathered_unavailable(s: Session) -> dict:
+    """Every rank's shards given up on, {url: reason} (one gather, at the end)."""
+    if s.accelerator.num_processes == 1:
+        return dict(s.unavailable)
+    every: list = [None] * s.accelerator.num_processes
+    torch.distributed.all_gather_object(every, s.unavailable)
+    return {url: why for part in every for url, why in part.items()}
 
 
 def weights_digest(model: torch.nn.Module) -> str:

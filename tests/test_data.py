@@ -40,8 +40,9 @@ def test_every_process_runs_the_same_number_of_steps(dataset, workers):
             with train_loader(cfg, dataset, seed=0, rank=rank, world_size=world) as loader:
                 batches = list(loader)
             assert len(batches) == expected
-            images, labels, skipped = batches[0]
-            assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32) and skipped == {}
+            images, labels, unread = batches[0]
+            assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32)
+            assert unread == {"skipped": {}, "retries": 0, "unavailable": {}}
 
 
 def _batches(cfg, dataset, start, end, rank=0, world=2):
