@@ -11,10 +11,7 @@ and batch size as segdist's. Both sides normalise in the consuming process (coun
 
 Measured:
   baseline   HTTPFolderDataset, 2 requests per sample
-  storage    plain webdataset over `segdist.storage.open_stream` (1 request per shard), same decode and
-             augmentation: what the storage layer alone gives, before segdist.data uses it
-  segdist    `segdist.data.train_loader` with `data.shards=<http URL>` -- see LEAD HOOK below; reported
-             as not measured while segdist.data does not accept URLs
+  segdist    `segdist.data.train_loader` with `data.shards=<http URL>`: 1 request per shard (of 64 samples)
 
     python benchmarks/remote.py [--images 300] [--workers 2] [--batch 8] [--latency 0.005]
 """
@@ -22,7 +19,6 @@ Measured:
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import tempfile
 import time
@@ -32,7 +28,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the HTTP server the tests use
@@ -96,7 +92,7 @@ class HTTPFolderDataset(Dataset):
         return len(self.keys)
 
     def __getitem__(self, index: int):
-        from segdist.data import to_tensors
+        from segdist.augment import to_tensors
         from segdist.images import decode_label, decode_rgb
 
         key = self.keys[index]
@@ -106,78 +102,32 @@ class HTTPFolderDataset(Dataset):
         return to_tensors(out["image"], out["mask"])
 
 
-class StorageShardStream(IterableDataset):
-    """Shards picked at random (per worker seed), each read with one `segdist.storage.open_stream`."""
+def segdist_batches(cfg, info):  # noqa: ANN001, ANN201
+    """segdist's own training loader reading the shards from the HTTP server: (images, labels) batches."""
+    from segdist.data import train_loader
 
-    def __init__(self, urls: list[str], transform, batch: int, seed: int = 0):
-        self.urls, self.transform, self.batch, self.seed = urls, transform, batch, seed
-
-    def __iter__(self):
-        import webdataset as wds
-
-        from segdist import storage
-        from segdist.data import decode, to_tensors
-
-        info = get_worker_info()
-        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
-
-        def opened():
-            while True:
-                url = rng.choice(self.urls)
-                yield {"url": url, "stream": storage.open_stream(url)}
-
-        samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(opened()))
-        images, labels = [], []
-        for sample in samples:
-            image, label = decode(sample)
-            out = self.transform(image=image, mask=label)
-            image, label = to_tensors(out["image"], out["mask"])
-            images.append(image)
-            labels.append(label)
-            if len(images) == self.batch:
-                yield torch.stack(images), torch.stack(labels)
-                images, labels = [], []
-
-
-def segdist_loader(shards_url: str, cfg):
-    """LEAD HOOK (issue 12): segdist's own loader reading the shards from the HTTP server.
-
-    This becomes a measurement by itself once `segdist.data.load_dataset_info` / `train_loader`
-    accept a URL in `data.shards` (they take a local directory today). Returns (loader, None),
-    or (None, why not) while they do not.
-    """
-    from segdist.data import load_dataset_info, train_loader
-    from segdist.sources.common import DataError
-
-    try:
-        info = load_dataset_info(shards_url)
-    except DataError as error:
-        return None, str(error)
-    return train_loader(cfg, info, seed=0, epoch=0, rank=0, world_size=1), None
+    with train_loader(cfg, info, seed=0, rank=0, world_size=1, start=0, end=10**9) as loader:
+        for images, labels, _ in loader:
+            yield images, labels
 
 
 def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, augment: dict) -> dict:
-    """img/s of the baseline, the storage-layer stream and (when wired) segdist's loader."""
+    """img/s of the baseline and of segdist's loader, same workers, batch and augmentation."""
+    from segdist.augment import train_transform
     from segdist.config import DataConfig
-    from segdist.data import Normalizer, load_dataset_info, normalization, train_transform
+    from segdist.data import Normalizer, load_dataset_info, normalization
 
-    info = load_dataset_info(work / "shards")  # local read of the manifest: only the shard bytes go over HTTP
     cfg = DataConfig(shards=f"{base_url}/shards", crop_size=[384, 384], batch_size=batch, workers=workers,
                      epoch_samples=10**6, **augment)
+    info = load_dataset_info(cfg.shards)  # dataset.json and every shard come over HTTP
     normalize = Normalizer(*normalization(cfg, info))
-    prepare = lambda images, labels: (normalize(images), labels.long())  # noqa: E731 - same for every pipeline
+    prepare = lambda images, labels: (normalize(images), labels.long())  # noqa: E731 - same for both pipelines
     limit = 2 * len(keys)
-    transform = train_transform(cfg, info, seed=0)
-    folder = HTTPFolderDataset(base_url, keys, transform)
+    folder = HTTPFolderDataset(base_url, keys, train_transform(cfg, info.ignore_index))
     sampler = torch.utils.data.RandomSampler(folder, replacement=True, num_samples=10**6)
-    results = {"baseline": images_per_second(DataLoader(folder, batch_size=batch, sampler=sampler,
-                                                        num_workers=workers, drop_last=True), limit, prepare)}
-    urls = [f"{base_url}/shards/{p.name}" for p in sorted((work / "shards").glob("train-*.tar"))]
-    stream = StorageShardStream(urls, transform, batch)
-    results["storage"] = images_per_second(DataLoader(stream, batch_size=None, num_workers=workers), limit, prepare)
-    loader, why_not = segdist_loader(cfg.shards, cfg)
-    results["segdist"] = images_per_second(loader, limit, prepare) if loader is not None else why_not
-    return results
+    return {"baseline": images_per_second(DataLoader(folder, batch_size=batch, sampler=sampler, num_workers=workers,
+                                                     drop_last=True), limit, prepare),
+            "segdist": images_per_second(segdist_batches(cfg, info), limit, prepare)}
 
 
 def main() -> None:
@@ -200,14 +150,9 @@ def main() -> None:
           f"{args.latency * 1e3:g} ms per request, {args.workers} workers, batch {args.batch} "
           f"({requests} requests served in all):")
     for label, result in runs.items():
-        base = result["baseline"]
-        line = (f"    {label:<52} folder over HTTP {base:7.1f} img/s   storage shard stream {result['storage']:7.1f} "
-                f"img/s ({result['storage'] / base:.2f}x)")
-        if isinstance(result["segdist"], float):
-            line += f"   segdist loader {result['segdist']:7.1f} img/s ({result['segdist'] / base:.2f}x)"
-        else:
-            line += f"\n        segdist loader: not measured ({result['segdist']})"
-        print(line)
+        base, ours = result["baseline"], result["segdist"]
+        print(f"    {label:<52} folder over HTTP {base:7.1f} img/s   segdist shards over HTTP {ours:7.1f} img/s   "
+              f"ratio {ours / base:.2f}x (target 3x)")
 
 
 if __name__ == "__main__":

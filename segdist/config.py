@@ -18,6 +18,7 @@ SCHEDULERS = ("poly", "cosine", "step", "plateau", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
 NORMALIZE = ("dataset", "imagenet")
 NONFINITE = ("stop", "skip")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's trackers
 CLASS_WEIGHTS = ("inverse", "median_freq")
 
 
@@ -213,6 +214,8 @@ def validate(cfg: Config) -> None:
     _choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
     _choice(cfg.data.normalize, NORMALIZE, "data.normalize")
     _choice(cfg.train.nonfinite, NONFINITE, "train.nonfinite")
+    for tracker in cfg.train.log_with:
+        _choice(tracker, TRACKERS, "train.log_with")
     if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay {cfg.train.ema_decay} must be between 0 and 1 (e.g. 0.999)")
     if cfg.train.budget is not None:

@@ -14,21 +14,22 @@ import numpy as np
 from segdist.config import Config
 from segdist.sources.common import DataError
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim",
-            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}  # name -> module it needs
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "aim": "aim",
+            "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}  # tracker -> what to install
 
 
 def trackers_for(cfg: Config, run_dir: Path) -> list:
-    """`train.log_with` as accelerate's `log_with`, refusing trackers whose package is missing."""
+    """`train.log_with` (names checked by the config) as accelerate's `log_with`, refusing missing packages.
+
+    accelerate itself would silently drop a tracker whose package is missing.
+    """
     from accelerate.tracking import TensorBoardTracker
 
     trackers: list = []
     for name in cfg.train.log_with:
-        if name not in TRACKERS:
-            raise DataError(f"train.log_with: unknown tracker '{name}'; choose from {', '.join(TRACKERS)}")
-        if importlib.util.find_spec(TRACKERS[name]) is None:
+        if importlib.util.find_spec(name) is None:
             raise DataError(f"train.log_with: {name} is not installed (pip install 'segdist[{name}]' or "
-                            f"pip install {TRACKERS[name]})")
+                            f"pip install {PACKAGES[name]})")
         trackers.append(TensorBoardTracker("tb", str(run_dir)) if name == "tensorboard" else name)
     return trackers
 
