@@ -77,9 +77,10 @@ def job_env(cluster: SlurmCluster) -> dict[str, str]:
     }
 
 
-def submit(cluster: SlurmCluster, script: str, *args: str, nodes: int = 2, options: tuple[str, ...] = ()) -> int:
+def submit(cluster: SlurmCluster, script: str, *args: str, nodes: int = 2, options: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> int:
     return cluster.sbatch([f"--nodes={nodes}", f"--chdir={REPO}", f"--output={cluster.root}/jobs/%x-%j.out",
-                           *options, REPO / "slurm" / script, *args], env=job_env(cluster))
+                           *options, REPO / "slurm" / script, *args], env={**job_env(cluster), **(env or {})})
 
 
 def finish(cluster: SlurmCluster, job_id: int, timeout: float) -> Job:
@@ -174,6 +175,24 @@ def test_train_forms_one_process_group_over_two_nodes(trained: tuple[Path, Job])
     assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["stop"] == "done"
     assert (run / "checkpoints/step_00000004/model.safetensors").exists()
     assert steps_logged(run) == [1, 2, 3, 4]
+
+
+def test_a_budget_from_the_allocation_sets_the_steps_that_fit_the_time_left(
+        cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:
+    shards, _ = prepared
+    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, "data.epoch_samples=100000",
+                                                         "train.val_every=100"),
+                    options=("--time=2", "--signal=B:USR1@30"),
+                    env={"BUDGET": "allocation", "PREEMPT_LEAD_SECONDS": "30", "BUDGET_MARGIN": "30"})
+    job = finish(cluster, job_id, timeout=240)
+    assert job.ok, job.output[-4000:]
+    budget = int(re.search(r"left in the allocation: training budget (\d+)s", job.output).group(1))
+    assert 40 <= budget <= 60  # 2 minutes, less the 30 s pre-emption lead and the 30 s margin
+    run = cluster.root / "runs" / f"demo-{job_id}"
+    summary = json.loads((run / "summary.json").read_text())
+    chosen = re.search(r"max_steps: (\d+)", (run / "config.yaml").read_text())
+    assert chosen and summary["steps"] == int(chosen.group(1)) > 4 and summary["stop"] == "done"
+    assert summary["elapsed_s"] <= budget * 1.15
 
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:
