@@ -7,6 +7,9 @@ as the PyTorch DDP tutorial does. Prints one JSON line: per-step wall-clock time
     python benchmarks/plain_loop.py --images DIR --masks DIR --steps 40
     python -m torch.distributed.run --nproc_per_node 2 benchmarks/plain_loop.py ... (2 processes)
     python benchmarks/plain_loop.py ... --in-memory    (no loader: the same batch every step)
+    python benchmarks/plain_loop.py ... --resize 180 240 --minutes 50 --val-images V --val-masks M --report R.json
+        (the seed-style notebook: resized inputs, trained for a wall-clock budget, then scored on val:
+         one confusion matrix over the whole split at the label's resolution)
 """
 
 from __future__ import annotations
@@ -51,6 +54,34 @@ def endless(loader, sampler):  # noqa: ANN001, ANN201
         yield from loader
 
 
+def resized(size: tuple[int, int]) -> A.Compose:
+    """The seed notebooks' pipeline: resize to a fixed size, flip, Normalize."""
+    return A.Compose([A.Resize(*size), A.HorizontalFlip(p=0.5), A.Normalize()])
+
+
+@torch.no_grad()
+def score(model, images: Path, masks: Path, size: tuple[int, int] | None, classes: int, ignore: int) -> dict:  # noqa: ANN001
+    """mIoU and per-class IoU over a whole split: one confusion matrix, predictions at the label's size."""
+    model.eval()
+    confusion = np.zeros((classes, classes), np.int64)
+    normalize = A.Compose([A.Resize(*size), A.Normalize()] if size else [A.Normalize()])
+    for path in sorted(images.glob("*.jpg")) + sorted(images.glob("*.png")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        mask = np.asarray(Image.open(masks / f"{path.stem}.png")).astype(np.int64)
+        x = torch.from_numpy(normalize(image=image)["image"].transpose(2, 0, 1).copy())[None]
+        h, w = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, -w % 32, 0, -h % 32))
+        logits = model(x)[..., :h, :w]
+        logits = torch.nn.functional.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)[0].numpy()
+        keep = mask != ignore
+        confusion += np.bincount(mask[keep] * classes + pred[keep], minlength=classes**2).reshape(classes, classes)
+    tp = np.diag(confusion).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (confusion.sum(0) + confusion.sum(1) - tp)
+    return {"miou": float(np.nanmean(iou)), "per_class_iou": [float(v) for v in iou]}
+
+
 def augmentation(crop: tuple[int, int], ignore: int) -> A.Compose:
     """The same augmentation as segdist's recipe (random scale, pad, crop, flip), then Normalize."""
     return A.Compose([
@@ -74,7 +105,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--in-memory", action="store_true", help="feed one fixed batch: the bare loop alone")
+    parser.add_argument("--resize", type=int, nargs=2, default=None, help="resize to H W instead of scale+crop")
+    parser.add_argument("--minutes", type=float, default=None, help="train for this long instead of --steps")
+    parser.add_argument("--val-images", type=Path, default=None)
+    parser.add_argument("--val-masks", type=Path, default=None)
+    parser.add_argument("--report", type=Path, default=None, help="write steps, images and val scores here")
     args = parser.parse_args()
+    started = time.time()
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -89,7 +126,8 @@ def main() -> None:
         batch = (torch.randn(args.batch, 3, *args.crop), torch.randint(0, args.classes, (args.batch, *args.crop)))
         batches = iter([batch] * args.steps)
     else:
-        dataset = FolderDataset(args.images, args.masks, augmentation(tuple(args.crop), args.ignore))
+        transform = resized(tuple(args.resize)) if args.resize else augmentation(tuple(args.crop), args.ignore)
+        dataset = FolderDataset(args.images, args.masks, transform)
         sampler = torch.utils.data.DistributedSampler(dataset) if world > 1 else \
             torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**6)
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=sampler,
@@ -97,15 +135,25 @@ def main() -> None:
         batches = endless(loader, sampler)
     model.train()
     times = []
-    for step, (images, masks) in zip(range(args.steps), batches):
+    steps = itertools.count() if args.minutes else range(args.steps)
+    for step, (images, masks) in zip(steps, batches):
         loss = criterion(model(images), masks)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         loss.item()
         times.append(time.time())
+        if args.minutes and time.time() - started > args.minutes * 60:
+            break
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"times": times, "batch": args.batch, "world": world}), flush=True)
+        if args.report:
+            report = {"steps": len(times), "images": len(times) * args.batch * world,
+                      "train_minutes": (time.time() - started) / 60}
+            if args.val_images:
+                net = model.module if world > 1 else model
+                report.update(score(net, args.val_images, args.val_masks, args.resize, args.classes, args.ignore))
+            args.report.write_text(json.dumps(report, indent=1))
     if world > 1:
         torch.distributed.destroy_process_group()
 

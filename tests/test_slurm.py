@@ -179,20 +179,20 @@ def test_train_forms_one_process_group_over_two_nodes(trained: tuple[Path, Job])
 
 def test_a_budget_from_the_allocation_sets_the_steps_that_fit_the_time_left(
         cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:
+    """train.sbatch turns the time left in the allocation into train.budget; segdist writes the step
+    count it fits into the run's config (fitting itself: tests/test_training_options.py). The job is
+    cancelled once that is done."""
     shards, _ = prepared
-    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, "data.epoch_samples=100000",
-                                                         "train.val_every=100"),
-                    options=("--time=2", "--signal=B:USR1@30"),
-                    env={"BUDGET": "allocation", "PREEMPT_LEAD_SECONDS": "30", "BUDGET_MARGIN": "30"})
-    job = finish(cluster, job_id, timeout=240)
-    assert job.ok, job.output[-4000:]
+    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, "data.epoch_samples=100000"),
+                    options=("--time=30",), env={"BUDGET": "allocation", "BUDGET_MARGIN": "60"})
+    config = cluster.root / "runs" / f"demo-{job_id}" / "config.yaml"
+    wait_for(lambda: config.exists() and re.search(r"max_steps: \d+", config.read_text()), timeout=180,
+             what="the budget's step count in config.yaml")
+    cluster.run(["scancel", str(job_id)])
+    job = finish(cluster, job_id, timeout=120)
     budget = int(re.search(r"left in the allocation: training budget (\d+)s", job.output).group(1))
-    assert 40 <= budget <= 60  # 2 minutes, less the 30 s pre-emption lead and the 30 s margin
-    run = cluster.root / "runs" / f"demo-{job_id}"
-    summary = json.loads((run / "summary.json").read_text())
-    chosen = re.search(r"max_steps: (\d+)", (run / "config.yaml").read_text())
-    assert chosen and summary["steps"] == int(chosen.group(1)) > 4 and summary["stop"] == "done"
-    assert summary["elapsed_s"] <= budget * 1.15
+    assert 1380 <= budget <= 1440  # 30 minutes, less the 300 s pre-emption lead and the 60 s margin
+    assert f"budget {budget}s" in job.output and "optimizer steps" in job.output
 
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:

@@ -1,0 +1,84 @@
+"""Better models for the same budget: segdist's CamVid recipe vs the plain seed-style loop, same wall clock.
+
+Both train from scratch on the real CamVid train split (../shared/data/camvid) for the same number
+of minutes on this machine and are scored on its val split the same way: one confusion matrix over
+the whole split, predictions at the label's resolution (360x480), class 11 (Unlabelled) ignored.
+
+- segdist: `accelerate launch` (2 CPU processes) `segdist train --config RECIPE train.budget=Nm`,
+  then `segdist evaluate` (whole images, `--tta` as given).
+- plain loop: benchmarks/plain_loop.py as the issue describes it: folder Dataset, the same smp
+  U-Net-ResNet18, Adam, unweighted CE, inputs resized to 180x240, batch 8, one process, trained
+  for the same minutes, then scored (its predictions upsampled to the labels' size).
+
+    python benchmarks/camvid.py [--minutes 50] [--recipe configs/camvid-cpu-50m.yaml] [--skip-plain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+           "Bicyclist"]
+
+
+def prepare(out: Path) -> None:
+    for split, images, masks in (("train", "train", "trainannot"), ("val", "val", "valannot")):
+        subprocess.run([sys.executable, "-m", "segdist", "prepare", "folder", "--images", str(CAMVID / images),
+                        "--masks", str(CAMVID / masks), "--classes", ",".join(CLASSES), "--source-ignore", "11",
+                        "--split", split, "--out", str(out)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def run_segdist(recipe: Path, shards: Path, runs: Path, minutes: float, tta: str) -> dict:
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml")]
+    subprocess.run([*launch, "-m", "segdist", "train", "--config", str(recipe), f"data.shards={shards}",
+                    f"train.runs_dir={runs}", "train.name=recipe", f"train.budget={minutes}m"], check=True, cwd=REPO)
+    summary = json.loads((runs / "recipe/summary.json").read_text())
+    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(runs / "recipe"), "--checkpoint",
+                    "last", *(["--tta", tta] if tta != "none" else [])], check=True, cwd=REPO)
+    metrics = json.loads((runs / "recipe/eval/val/metrics.json").read_text())
+    return {"miou": metrics["miou"], "per_class_iou": [metrics["per_class"][c]["iou"] for c in CLASSES],
+            "steps": summary["steps"], "minutes": summary["elapsed_s"] / 60,
+            "best_val_miou_during_training": summary["best_miou"]}
+
+
+def run_plain(minutes: float, work: Path) -> dict:
+    report = work / "plain.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks/plain_loop.py"), "--images", str(CAMVID / "train"),
+                    "--masks", str(CAMVID / "trainannot"), "--resize", "180", "240", "--batch", "8", "--workers", "1",
+                    "--minutes", str(minutes), "--val-images", str(CAMVID / "val"), "--val-masks",
+                    str(CAMVID / "valannot"), "--report", str(report)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return json.loads(report.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=50)
+    parser.add_argument("--recipe", type=Path, default=REPO / "configs/camvid-cpu-50m.yaml")
+    parser.add_argument("--tta", default="flip", help="evaluate's --tta for segdist (none, flip, ...)")
+    parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--work", type=Path, default=None, help="keep shards and runs here")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="camvid-bench-"))
+    if not (work / "shards/dataset.json").exists():
+        prepare(work / "shards")
+    results = {"segdist": run_segdist(args.recipe, work / "shards", work / "runs", args.minutes, args.tta)}
+    if not args.skip_plain:
+        results["plain loop"] = run_plain(args.minutes, work)
+    print(f"\nCamVid val (101 images, 11 classes), {args.minutes:g} minutes of training on this machine:")
+    print(f"| pipeline | steps | val mIoU | {' | '.join(CLASSES)} |")
+    print("|---|---:|---:|" + "---:|" * len(CLASSES))
+    for label, r in results.items():
+        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in r["per_class_iou"]) + " |")
+    (work / "camvid_results.json").write_text(json.dumps(results, indent=1))
+    print(f"(all figures in {work / 'camvid_results.json'})")
+
+
+if __name__ == "__main__":
+    main()
