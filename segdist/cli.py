@@ -167,8 +167,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from segdist.distributed import errors_reported_once
     from segdist.train import train
 
+    overrides = [*args.overrides, *([f"train.budget={args.budget}"] if args.budget else [])]
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except (ConfigError, ValueError) as exc:
         raise DataError(str(exc)) from None
     with errors_reported_once():
@@ -331,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=0.01")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint of the run (or from PATH)")
+                   help="continue from the latest complete checkpoint of the run (or from PATH)")
+    p.add_argument("--budget", default=None,
+                   help="wall-clock budget (50m, 1h30m, 01:30:00): train.max_steps is set to fit it (train.budget)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench-data", help="the training loader alone at full speed: images/s per process and core")
