@@ -136,3 +136,17 @@ def rank_lines(output: str) -> dict[int, dict]:
 
 def train_log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def synthetic_shards(root: Path, *, images: int, val_images: int, seed: int, width: int, height: int,
+                     shard_size: int | None = None, keep_empty: bool = False) -> Path:
+    """Synthetic COCO (person, bicycle, car) under root/raw, prepared into root/shards (train and val)."""
+    from segdist.sources.synthetic import write_synthetic_coco
+
+    write_synthetic_coco(root / "raw", images=images, val_images=val_images, seed=seed, width=width, height=height)
+    for split in ("train", "val"):
+        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
+                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
+                "--split", split, "--out", root / "shards", *(["--shard-size", shard_size] if shard_size else []),
+                *(["--keep-empty"] if keep_empty else []))
+    return root / "shards"

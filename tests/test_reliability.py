@@ -12,10 +12,9 @@ import time
 import numpy as np
 import psutil
 import pytest
-from helpers import REPO, launcher, run_cli, run_train, train_cmd, train_log
+from helpers import REPO, launcher, run_cli, run_train, synthetic_shards, train_cmd, train_log
 from safetensors.numpy import load_file
 
-from segdist.sources.synthetic import write_synthetic_coco
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +28,8 @@ MATRIX = ["data.workers=2", "optim.accumulate=2", "optim.scheduler=poly", "optim
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("faults")
-    write_synthetic_coco(root / "raw", images=40, val_images=9, seed=11, width=128, height=96)
-    for split in ("train", "val"):
-        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
-                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
-                "--split", split, "--out", root / "shards", "--shard-size", "6", "--keep-empty")
-    return root / "shards"
+    return synthetic_shards(root, images=40, val_images=9, seed=11, width=128, height=96,
+                            shard_size=6, keep_empty=True)
 
 
 def _weights(path):

@@ -8,9 +8,8 @@ import json
 import shutil
 
 import pytest
-from helpers import launcher, rank_lines, run_cli, run_train
+from helpers import launcher, rank_lines, run_train, synthetic_shards
 
-from segdist.sources.synthetic import write_synthetic_coco
 
 pytestmark = pytest.mark.slow
 TRAIN = ["train.max_steps=6", "data.epoch_samples=48", "data.retries=3", "train.log_every=2"]
@@ -19,12 +18,8 @@ TRAIN = ["train.max_steps=6", "data.epoch_samples=48", "data.retries=3", "train.
 @pytest.fixture(scope="module")
 def local_shards(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("remote")
-    write_synthetic_coco(root / "raw", images=30, val_images=9, seed=4, width=128, height=96)
-    for split in ("train", "val"):
-        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
-                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
-                "--split", split, "--out", root / "shards", "--shard-size", "5", "--keep-empty")
-    return root / "shards"
+    return synthetic_shards(root, images=30, val_images=9, seed=4, width=128, height=96,
+                            shard_size=5, keep_empty=True)
 
 
 def _served(local_shards, server):

@@ -5,9 +5,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, run_train
+from helpers import run_cli, run_train, synthetic_shards
 
-from segdist.sources.synthetic import write_synthetic_coco
 
 SCALARS = {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "val/miou", "val_iou/person"}
 
@@ -16,12 +15,9 @@ SCALARS = {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_shar
 def tracked(tmp_path_factory, ray_cluster):
     """One run logging to all three trackers at once."""
     root = tmp_path_factory.mktemp("trackers")
-    write_synthetic_coco(root / "raw", images=12, val_images=4, seed=6, width=96, height=64)
-    for split in ("train", "val"):
-        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
-                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
-                "--split", split, "--out", root / "shards", "--keep-empty")
-    env = {"WANDB_MODE": "offline", "MLFLOW_TRACKING_URI": f"file://{root / 'mlruns'}", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    synthetic_shards(root, images=12, val_images=4, seed=6, width=96, height=64, keep_empty=True)
+    env = {"WANDB_MODE": "offline", "MLFLOW_TRACKING_URI": f"file://{root / 'mlruns'}",
+           "MLFLOW_ALLOW_FILE_STORE": "true"}
     run_train(root / "shards", root / "runs", "train.max_steps=4", "train.log_every=2", "data.workers=0",
               "train.name=tracked", "train.project=segdist-tests", "train.log_with=[tensorboard, wandb, mlflow]",
               env=env)

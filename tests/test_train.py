@@ -7,21 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, SMALL, launcher, rank_lines, run_cli, run_train, train_log
+from helpers import REPO, SMALL, launcher, rank_lines, run_cli, run_train, synthetic_shards, train_log
 from safetensors.numpy import load_file
 
-from segdist.sources.synthetic import write_synthetic_coco
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_cluster):
     """Synthetic COCO, 4 classes, in shards of 7 so that shard sizes are uneven."""
     root = tmp_path_factory.mktemp("train")
-    write_synthetic_coco(root / "raw", images=48, val_images=14, seed=5, width=160, height=120)
-    for split in ("train", "val"):
-        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
-                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
-                "--split", split, "--out", root / "shards", "--shard-size", "7")
-    return root / "shards"
+    return synthetic_shards(root, images=48, val_images=14, seed=5, width=160, height=120, shard_size=7)
 
 
 @pytest.mark.slow

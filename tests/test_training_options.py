@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import run_cli, run_train, train_log
+from helpers import run_train, synthetic_shards, train_log
 from safetensors.numpy import load_file
 
 from segdist.budget import Costs, parse_duration, steps_that_fit
-from segdist.sources.synthetic import write_synthetic_coco
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("options")
-    write_synthetic_coco(root / "raw", images=24, val_images=8, seed=2, width=128, height=96)
-    for split in ("train", "val"):
-        run_cli("prepare", "coco", "--images", root / "raw" / split, "--annotations",
-                root / "raw" / "annotations" / f"instances_{split}.json", "--classes", "person,bicycle,car",
-                "--split", split, "--out", root / "shards", "--shard-size", "5", "--keep-empty")
-    return root / "shards"
+    return synthetic_shards(root, images=24, val_images=8, seed=2, width=128, height=96,
+                            shard_size=5, keep_empty=True)
 
 
 def test_durations_read_as_seconds():
@@ -105,7 +100,8 @@ def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards)
     train, val = info.split("train"), info.split("val")
     assert steps_per_epoch(cfg.data, info, 1) == -(-(train["samples"] + val["samples"]) // 4)
     batches = TrainBatches(cfg.data, info, seed=0, rank=0, world_size=1, start=0, end=1)
-    assert sorted(batches.urls) == sorted(str(shards / s["name"]) for s in train["shards"] + val["shards"])
+    expected = sorted(str(shards / s["name"]) for s in train["shards"] + val["shards"])
+    assert sorted(url for url, _ in batches.shards) == expected
     combined = {k: (np.asarray(train[k]) + np.asarray(val[k])).tolist()
                 for k in ("class_pixels", "class_image_pixels")}
     weights = build_criterion(cfg, info).loss.weight
