@@ -110,11 +110,9 @@ def build_criterion(cfg: Config, info: DatasetInfo) -> torch.nn.Module:
 
 def build_for_config(cfg: Config, num_classes: int, encoder_weights: bool = True) -> torch.nn.Module:
     """The configured model; encoder_weights=False skips the pretrained encoder (a checkpoint follows)."""
-    from segdist.models import build_model
+    from segdist.models import build_from_config
 
-    m = cfg.model
-    return build_model(m.arch, m.encoder, num_classes, encoder_weights=m.encoder_weights if encoder_weights else None,
-                       output_stride=m.output_stride, decoder_dropout=m.decoder_dropout)
+    return build_from_config(cfg.model, num_classes, pretrained=encoder_weights)
 
 
 def run_dir_for(cfg: Config) -> Path:
