@@ -55,9 +55,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, chec
     out.parent.mkdir(parents=True, exist_ok=True)
     net = ExportModel(run.model, run.normalizer()).eval()
     height, width = run.config.data.crop_size
-    example = torch.rand(1, 3, height, width) * 255
+    example = torch.rand(2, 3, height, width) * 255  # batch 2: torch.export fixes a dimension of size 1
     check_input = torch.rand(2, 3, height * 3 // 2 + 5, width * 3 // 4 + 3) * 255
-    print(f"exporting {run.checkpoint} as {fmt} (example input 1x3x{height}x{width}; dynamic batch, height, width)")
+    print(f"exporting {run.checkpoint} as {fmt} (example input 2x3x{height}x{width}; dynamic batch, height, width)")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as staging:
         staged = Path(staging) / out.name
         (write_onnx if fmt == "onnx" else write_torchscript)(net, example, staged, metadata(run))
@@ -88,9 +88,16 @@ def write_onnx(net: ExportModel, example: Tensor, path: Path, meta: dict[str, st
         raise DataError("ONNX export needs the onnx and onnxscript packages: pip install 'segdist[export]'") from None
     from torch.export import Dim
 
-    dims = {"image": {0: Dim("batch", min=1), 2: Dim("height", min=2), 3: Dim("width", min=2)}}
+    # AUTO lets torch.export find the sizes the model accepts. Explicit ranges (min=2) that a model narrows
+    # (a 1x1 map at stride 32, a ViT's patch grid) made it fail, and torch.onnx then fell back to a static graph.
+    dims = {"image": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
                                 dynamic_shapes=dims, verbose=False)
+    shape = program.model.graph.inputs[0].shape
+    fixed = [name for axis, name in ((0, "batch"), (2, "height"), (3, "width")) if isinstance(shape[axis], int)]
+    if fixed:
+        raise DataError(f"torch.export fixed the input's {', '.join(fixed)} (input shape {shape}): this model cannot "
+                        "be exported to ONNX with a dynamic size; nothing written")
     program.model.metadata_props.update(meta)
     program.save(path)
 
