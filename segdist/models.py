@@ -139,7 +139,8 @@ def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwa
             if _meta_limitation(exc):
                 return
             shape = "x".join(map(str, input_shape))
-            raise ModelOptionError("arch", f"{arch} over encoder {encoder} cannot run on a {shape} input: {exc}") from None
+            message = f"{arch} over encoder {encoder} cannot run on a {shape} input: {exc}"
+            raise ModelOptionError("arch", message) from None
 
 
 def _meta_limitation(exc: Exception) -> bool:

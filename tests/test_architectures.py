@@ -82,11 +82,12 @@ def test_onnx_export_is_dynamic(arch: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dpt_trains_on_two_processes_and_exports_from_the_cli(tiny_run: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_dpt_trains_on_two_processes_and_exports_from_the_cli(tiny_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
     """The whole path for a non-U-Net: config options, DDP (every parameter must get a gradient), checkpoint, export."""
     repo = Path(__file__).resolve().parents[1]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "launch/cpu-2proc.yaml"),
-                "--main_process_port", str(free_port())]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()),
+                "--config_file", str(repo / "launch/cpu-2proc.yaml")]
     cmd = [*launcher, "-m", "segdist", "train", "--config", str(repo / "configs/demo.yaml"),
            f"data.shards={tiny_run.parent.parent / 'shards'}", f"train.runs_dir={tmp_path}", "train.name=dpt",
            "model.arch=dpt", "model.encoder=test_vit", "model.decoder_dropout=0.1",

@@ -49,8 +49,8 @@ def test_every_smp_architecture_is_a_valid_arch():
 
 
 def test_model_options_pass_through_and_round_trip(tmp_path):
-    cfg = load_config(None, ["model.encoder_kwargs={drop_path_rate: 0.1}", "model.arch_kwargs={decoder_attention_type: scse}",
-                             "model.encoder=resnet18"])
+    cfg = load_config(None, ["model.encoder_kwargs={drop_path_rate: 0.1}", "model.encoder=resnet18",
+                             "model.arch_kwargs={decoder_attention_type: scse}"])
     assert cfg.model.encoder_kwargs == {"drop_path_rate": 0.1}
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml").model.arch_kwargs == {"decoder_attention_type": "scse"}
@@ -65,7 +65,8 @@ def test_model_options_pass_through_and_round_trip(tmp_path):
     (["model.encoder_kwargs={in_chans: 4}"], "model.encoder_kwargs: 'in_chans' is set by segdist and smp"),
     (["model.encoder_kwargs=0.1"], "model.encoder_kwargs: must be a mapping"),
     (["model.arch_kwargs={activation: softmax}"], "model.arch_kwargs: 'activation' cannot be set here"),
-    (["model.arch=deeplabv3", "model.output_stride=32"], "model.output_stride: deeplabv3 takes output_stride in (8, 16)"),
+    (["model.arch=deeplabv3", "model.output_stride=32"],
+     "model.output_stride: deeplabv3 takes output_stride in (8, 16)"),
     (["model.arch=deeplabv3plus", "data.batch_size=1", "data.crop_size=[64, 64]"],
      "model.arch: deeplabv3plus over encoder resnet34 cannot run on a 1x3x64x64 input: Expected more than 1 value"),
     (["model.arch=pan", "data.crop_size=[64, 64]"], "model.arch: pan over encoder resnet34 cannot run on a 8x3x64x64"),

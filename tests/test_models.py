@@ -164,7 +164,8 @@ def test_encoder_kwargs_reach_timm() -> None:
     assert rates and max(rates) == pytest.approx(0.2)
 
 
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")  # scSE on U-Net's last, skip-less block
+# scSE on the skip of U-Net's last block, which has none (0 channels)
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
 def test_arch_kwargs_reach_smp() -> None:
     model = build_model("unet", "resnet18", NUM_CLASSES, arch_kwargs={"decoder_attention_type": "scse",
                                                                       "decoder_channels": [32, 16, 16, 8, 8]})

@@ -36,7 +36,8 @@ def test_pyramid_pooling_swap_keeps_weights_and_outputs(arch: str) -> None:
     keys = list(model.state_dict())
     make_pooling_exportable(model)
     assert list(model.state_dict()) == keys
-    grid_pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))]
+    grid_pools = [m for m in model.modules()
+                  if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))]
     assert not grid_pools and any(isinstance(m, ExactAdaptiveAvgPool2d) for m in model.modules())
     with torch.no_grad():
         torch.testing.assert_close(model(images), expected)
