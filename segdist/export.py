@@ -93,13 +93,31 @@ def write_onnx(net: ExportModel, example: Tensor, path: Path, meta: dict[str, st
     dims = {"image": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
                                 dynamic_shapes=dims, verbose=False)
-    shape = program.model.graph.inputs[0].shape
-    fixed = [name for axis, name in ((0, "batch"), (2, "height"), (3, "width")) if isinstance(shape[axis], int)]
+    fixed = fixed_dimensions(program.exported_program)
     if fixed:
-        raise DataError(f"torch.export fixed the input's {', '.join(fixed)} (input shape {shape}): this model cannot "
-                        "be exported to ONNX with a dynamic size; nothing written")
+        raise DataError(f"torch.export fixed the input's {', '.join(fixed)}: this model cannot be exported to ONNX "
+                        "with a dynamic size (it reads a size as a Python number); nothing written")
     program.model.metadata_props.update(meta)
     program.save(path)
+
+
+def fixed_dimensions(program: torch.export.ExportedProgram) -> list[str]:
+    """The image's batch, height and width that torch.export pinned to one value ("height=64"), if any.
+
+    The ONNX graph still names them as symbols then, but runs only at the example's size.
+    """
+    name = program.graph_signature.user_inputs[0]
+    image = next(node for node in program.graph.nodes if node.name == name).meta["val"]
+    fixed = []
+    for axis, label in ((0, "batch"), (2, "height"), (3, "width")):
+        size = image.shape[axis]
+        if isinstance(size, torch.SymInt):
+            bounds = program.range_constraints.get(size.node.expr)
+            if bounds is None or bounds.lower != bounds.upper:
+                continue  # dynamic
+            size = bounds.lower
+        fixed.append(f"{label}={int(size)}")
+    return fixed
 
 
 def write_torchscript(net: ExportModel, example: Tensor, path: Path, meta: dict[str, str]) -> None:

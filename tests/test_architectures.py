@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from torch import nn
 from helpers import free_port, run_cli
 from tiny_models import NUM_CLASSES, TINY, input_size, tiny_model
 
 from segdist.data import Normalizer
 from segdist.export import ExportModel, check, write_onnx, write_torchscript
 from segdist.models import ARCHS, ResUNetAttention
+from segdist.sources.common import DataError
 
 TOLERANCE = 1e-4  # max abs logit difference; float32 reorderings give about 1e-6
 
@@ -104,3 +106,17 @@ def test_dpt_trains_on_two_processes_and_exports_from_the_cli(tiny_run: Path, tm
     assert re.search(r"check on a random \S+ input: max \|exported - PyTorch\| = \S+ \(tolerance 0\.001\): ok",
                      capsys.readouterr().out)
     assert out.is_file()
+
+
+class _FixedSize(nn.Module):
+    """Python ints taken from the input's size: torch.export fixes the height and width to the example's."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * torch.ones(int(image.shape[2]), int(image.shape[3]))
+
+
+@pytest.mark.slow
+def test_onnx_export_refuses_a_graph_that_came_out_static(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"fixed the input's height=64, width=64: this model cannot be exported"):
+        write_onnx(_FixedSize(), torch.rand(2, 3, 64, 64) * 255, tmp_path / "model.onnx", {})
+    assert not list(tmp_path.iterdir())
