@@ -1,4 +1,4 @@
-"""One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo`."""
+"""One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo|env`."""
 
 from __future__ import annotations
 
@@ -263,8 +263,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"checkpoints:           {run / 'checkpoints'}")
 
 
+def cmd_env(args: argparse.Namespace) -> None:
+    import os
+
+    from segdist import env
+
+    print(env.report() if os.environ.get("RANK", "0") == "0" else env.rank_line(), flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from segdist import __version__
+
     parser = argparse.ArgumentParser(prog="segdist", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"segdist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in a real format (COCO or Cityscapes)")
@@ -381,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=160)
     p.add_argument("--epochs", type=int, default=8)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("env", help="versions of the stack, devices and process layout (for bug reports)")
+    p.set_defaults(func=cmd_env)
     return parser
 
 

@@ -56,8 +56,10 @@ class ModelConfig:
     arch: str = "unet"
     encoder: str = "resnet34"
     encoder_weights: str | None = None  # None, "imagenet" (needs a hub) or a local checkpoint file
-    output_stride: int = 16
+    output_stride: int = 16  # DeepLabV3/V3+: 8 or 16, PAN: 16 or 32; other architectures ignore it
     decoder_dropout: float = 0.0
+    encoder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. {drop_path_rate: 0.1}
+    arch_kwargs: dict = field(default_factory=dict)  # passed to the smp architecture, e.g. {decoder_channels: [...]}
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -205,7 +207,7 @@ def _choice(value: Any, choices: tuple, what: str) -> None:
 def validate(cfg: Config) -> None:
     """Check every choice so that a bad config fails before any work starts."""
     from segdist.losses import LOSSES
-    from segdist.models import ARCHS
+    from segdist.models import ARCHS, ModelOptionError, check_model
 
     _choice(cfg.model.arch, ARCHS, "model.arch")
     _choice(cfg.loss.name, LOSSES, "loss.name")
@@ -227,13 +229,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.budget: {exc}") from None
     if not cfg.data.train_split:
         raise ConfigError("data.train_split names no split")
-    if cfg.model.arch != "resunet_attention":
-        from segdist.models import _check_timm_encoder
-
-        try:
-            _check_timm_encoder(cfg.model.encoder)
-        except ValueError as exc:
-            raise ConfigError(f"model.encoder: {exc}") from None
     if isinstance(cfg.loss.class_weights, str):
         _choice(cfg.loss.class_weights, CLASS_WEIGHTS, "loss.class_weights")
     if len(cfg.data.crop_size) != 2 or any(int(s) % 32 for s in cfg.data.crop_size):
@@ -243,6 +238,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{key} must be at least 1")
     if cfg.optim.accumulate < 1:
         raise ConfigError("optim.accumulate must be at least 1")
+    m = cfg.model
+    try:  # a dry run at the training batch shape, on PyTorch's meta device (no memory, no weights)
+        check_model(m.arch, m.encoder, output_stride=m.output_stride, encoder_kwargs=m.encoder_kwargs,
+                    arch_kwargs=m.arch_kwargs, input_shape=(int(cfg.data.batch_size), 3, *map(int, cfg.data.crop_size)))
+    except ModelOptionError as exc:
+        raise ConfigError(f"model.{exc.option}: {exc}") from None
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -55,9 +55,9 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, chec
     out.parent.mkdir(parents=True, exist_ok=True)
     net = ExportModel(run.model, run.normalizer()).eval()
     height, width = run.config.data.crop_size
-    example = torch.rand(1, 3, height, width) * 255
+    example = torch.rand(2, 3, height, width) * 255  # batch 2: torch.export fixes a dimension of size 1
     check_input = torch.rand(2, 3, height * 3 // 2 + 5, width * 3 // 4 + 3) * 255
-    print(f"exporting {run.checkpoint} as {fmt} (example input 1x3x{height}x{width}; dynamic batch, height, width)")
+    print(f"exporting {run.checkpoint} as {fmt} (example input 2x3x{height}x{width}; dynamic batch, height, width)")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as staging:
         staged = Path(staging) / out.name
         (write_onnx if fmt == "onnx" else write_torchscript)(net, example, staged, metadata(run))
@@ -88,11 +88,36 @@ def write_onnx(net: ExportModel, example: Tensor, path: Path, meta: dict[str, st
         raise DataError("ONNX export needs the onnx and onnxscript packages: pip install 'segdist[export]'") from None
     from torch.export import Dim
 
-    dims = {"image": {0: Dim("batch", min=1), 2: Dim("height", min=2), 3: Dim("width", min=2)}}
+    # AUTO lets torch.export find the sizes the model accepts. Explicit ranges (min=2) that a model narrows
+    # (a 1x1 map at stride 32, a ViT's patch grid) made it fail, and torch.onnx then fell back to a static graph.
+    dims = {"image": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
     program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
                                 dynamic_shapes=dims, verbose=False)
+    fixed = fixed_dimensions(program.exported_program)
+    if fixed:
+        raise DataError(f"torch.export fixed the input's {', '.join(fixed)}: this model cannot be exported to ONNX "
+                        "with a dynamic size (it reads a size as a Python number); nothing written")
     program.model.metadata_props.update(meta)
     program.save(path)
+
+
+def fixed_dimensions(program: torch.export.ExportedProgram) -> list[str]:
+    """The image's batch, height and width that torch.export pinned to one value ("height=64"), if any.
+
+    The ONNX graph still names them as symbols then, but runs only at the example's size.
+    """
+    name = program.graph_signature.user_inputs[0]
+    image = next(node for node in program.graph.nodes if node.name == name).meta["val"]
+    fixed = []
+    for axis, label in ((0, "batch"), (2, "height"), (3, "width")):
+        size = image.shape[axis]
+        if isinstance(size, torch.SymInt):
+            bounds = program.range_constraints.get(size.node.expr)
+            if bounds is None or bounds.lower != bounds.upper:
+                continue  # dynamic
+            size = bounds.lower
+        fixed.append(f"{label}={int(size)}")
+    return fixed
 
 
 def write_torchscript(net: ExportModel, example: Tensor, path: Path, meta: dict[str, str]) -> None:

@@ -105,3 +105,41 @@ def test_values_are_coerced_to_their_field_types():
     for bad in ("train.epochs=true", "model.channels_last=1", "data.hflip=[0.5]", "data.crop_size=64"):
         with pytest.raises(ConfigError, match="is not a valid"):
             load_config(None, [bad])
+
+
+def test_every_smp_architecture_is_a_valid_arch():
+    for arch, encoder in [("segformer", "mit_b0"), ("upernet", "convnext_tiny"), ("dpt", "vit_small_patch16_224"),
+                          ("unetplusplus", "efficientnet_b0"), ("pan", "resnet50")]:
+        cfg = load_config(None, [f"model.arch={arch}", f"model.encoder={encoder}", "data.crop_size=[256, 256]"])
+        assert cfg.model.arch == arch
+    with pytest.raises(ConfigError, match="model.arch 'segnet' is not valid; choose one of unet, unetplusplus"):
+        load_config(None, ["model.arch=segnet"])
+
+
+def test_model_options_pass_through_and_round_trip(tmp_path):
+    cfg = load_config(None, ["model.encoder_kwargs={drop_path_rate: 0.1}", "model.encoder=resnet18",
+                             "model.arch_kwargs={decoder_attention_type: scse}"])
+    assert cfg.model.encoder_kwargs == {"drop_path_rate": 0.1}
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").model.arch_kwargs == {"decoder_attention_type": "scse"}
+    model = build_from_config(cfg.model, 5)
+    assert any(type(m).__name__ == "DropPath" and m.drop_prob > 0 for m in model.modules())
+    assert any(type(m).__name__ == "SCSEModule" for m in model.modules())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.arch=dpt"], "model.encoder: dpt needs a ViT-like timm encoder"),
+    (["model.arch=linknet", "model.encoder=mit_b0"], "model.encoder: smp does not build linknet over its MiT"),
+    (["model.encoder_kwargs={in_chans: 4}"], "model.encoder_kwargs: 'in_chans' is set by segdist and smp"),
+    (["model.encoder_kwargs=0.1"], "model.encoder_kwargs: must be a mapping"),
+    (["model.arch_kwargs={activation: softmax}"], "model.arch_kwargs: 'activation' cannot be set here"),
+    (["model.arch=deeplabv3", "model.output_stride=32"],
+     "model.output_stride: deeplabv3 takes output_stride in (8, 16)"),
+    (["model.arch=deeplabv3plus", "data.batch_size=1", "data.crop_size=[64, 64]"],
+     "model.arch: deeplabv3plus over encoder resnet34 cannot run on a 1x3x64x64 input: Expected more than 1 value"),
+    (["model.arch=pan", "data.crop_size=[64, 64]"], "model.arch: pan over encoder resnet34 cannot run on a 8x3x64x64"),
+])
+def test_model_errors_name_the_option_at_load(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value)

@@ -1,4 +1,4 @@
-"""`segdist export`: ONNX and TorchScript round trips at sizes other than the export example's 1x3x64x64."""
+"""`segdist export`: ONNX and TorchScript round trips at sizes other than the export example's 2x3x64x64."""
 
 import json
 import re

@@ -74,7 +74,7 @@ def test_learns_well_above_all_background(shards, tmp_path):
 
 def test_config_errors_list_the_choices(tmp_path, capsys):
     cases = {
-        "model.arch=segformer": "model.arch 'segformer' is not valid; choose one of unet, deeplabv3",
+        "model.arch=segnet": "model.arch 'segnet' is not valid; choose one of unet, unetplusplus, manet",
         "loss.name=tversky": "loss.name 'tversky' is not valid; choose one of ce, weighted_ce",
         "optim.scheduler=onecycle": "optim.scheduler 'onecycle' is not valid; choose one of poly",
         "model.colour=red": "unknown key 'model.colour'; valid: arch, encoder",
