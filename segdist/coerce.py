@@ -30,6 +30,10 @@ def coerce(value: Any, hint: Any) -> Any:
         return {coerce(k, key_type): coerce(v, value_type) for k, v in value.items()}
     if hint is Any:
         return value
+    if hint in (dict, list):  # unparametrised: the container type is all that is checked
+        if not isinstance(value, hint if hint is dict else (list, tuple)):
+            raise TypeMismatch
+        return hint(value)
     if hint is type(None):
         if value is not None:
             raise TypeMismatch
@@ -45,8 +49,10 @@ def describe(hint: Any) -> str:
         return ", ".join(names[:-1]) + " or " + names[-1]
     if origin is list:
         return f"list of {describe(typing.get_args(hint)[0])}"
-    if origin is dict:
+    if origin is dict or hint is dict:
         return "mapping"
+    if hint is list:
+        return "list"
     if hint is type(None):
         return "null"
     return getattr(hint, "__name__", str(hint))

@@ -131,7 +131,7 @@ def test_model_options_pass_through_and_round_trip(tmp_path):
     (["model.arch=dpt"], "model.encoder: dpt needs a ViT-like timm encoder"),
     (["model.arch=linknet", "model.encoder=mit_b0"], "model.encoder: smp does not build linknet over its MiT"),
     (["model.encoder_kwargs={in_chans: 4}"], "model.encoder_kwargs: 'in_chans' is set by segdist and smp"),
-    (["model.encoder_kwargs=0.1"], "model.encoder_kwargs: must be a mapping"),
+    (["model.encoder_kwargs=0.1"], "model.encoder_kwargs = 0.1 is not a valid mapping"),
     (["model.arch_kwargs={activation: softmax}"], "model.arch_kwargs: 'activation' cannot be set here"),
     (["model.arch=deeplabv3", "model.output_stride=32"],
      "model.output_stride: deeplabv3 takes output_stride in (8, 16)"),
