@@ -116,30 +116,42 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
 
     images, ann_file = _tree(tmp_path, n=20)
     reference = tmp_path / "reference"
-    _coco(prepare, images, ann_file, reference, "--shard-size", "3")
+    _coco(prepare, images, ann_file, reference, "--shard-size", "3")  # 7 shards
 
-    real = shards.ordered_results
+    real = shards.run_tasks
+    converted = []
 
-    def interrupted(*args, **kwargs):
-        for i, result in enumerate(real(*args, **kwargs)):
-            if i == 10:
+    def interrupted(tasks, *args, **kwargs):
+        for i, (task, record) in enumerate(real(tasks, *args, **kwargs)):
+            if i == 3:
                 raise KeyboardInterrupt
-            yield result
+            yield task, record
+
+    def counted(tasks, *args, **kwargs):
+        for task, record in real(tasks, *args, **kwargs):
+            converted.append(task.index)
+            yield task, record
 
     out = tmp_path / "out"
-    monkeypatch.setattr(shards, "ordered_results", interrupted)
+    monkeypatch.setattr(shards, "run_tasks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _coco(prepare, images, ann_file, out, "--shard-size", "3")
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [".train.progress.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
-    assert not (out / "dataset.json").exists()
+    # Nothing in the output looks like a shard or a dataset: all of it is in the hidden staging directory.
+    (staging,) = out.iterdir()
+    assert staging.name.startswith(".train.") and staging.name.endswith(".partial")
+    names = sorted(p.name for p in staging.iterdir())
+    records = [n for n in names if n.endswith(".json") and n != "state.json"]
+    assert len(records) >= 3 and "state.json" in names
+    assert sorted(n for n in names if n.endswith(".tar")) == [r.replace(".json", ".tar") for r in records]
+    assert not [n for n in names if n.endswith(".tmp")]
 
     # A different run into the interrupted directory is refused ...
     with pytest.raises(SystemExit):
         _coco(prepare, images, ann_file, out, "--shard-size", "4")
-    # ... the same one finishes the job, byte-identical to an uninterrupted run.
-    monkeypatch.setattr(shards, "ordered_results", real)
+    # ... the same one converts only the shards not done, byte-identical to an uninterrupted run.
+    monkeypatch.setattr(shards, "run_tasks", counted)
     _coco(prepare, images, ann_file, out, "--shard-size", "3")
+    assert len(converted) == 7 - len(records) and not set(converted) & {int(r[6:12]) for r in records}
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     for tar in reference.glob("*.tar"):
         assert (out / tar.name).read_bytes() == tar.read_bytes()
