@@ -315,7 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label value meaning 'ignore' (default 255, or 65535 with more than 255 classes)")
     common.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="skip (and count) images and masks larger than this (default: PIL's limit)")
-    common.add_argument("--seed", type=int, default=0)
     common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
 
     c = src.add_parser("coco", parents=[common], help="COCO instances JSON + images")
@@ -326,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--split", default="train", help="split name for all selected images")
     group.add_argument("--splits", type=_ratios, default=None, help="seeded ratio split, e.g. train=0.8,val=0.2")
     c.add_argument("--per-class", type=_positive, default=None, help="at most N images per class (seeded)")
+    c.add_argument("--seed", type=int, default=0, help="seed for --per-class and --splits")
     c.add_argument("--overlap", choices=["area", "order", "ignore", "ignore-between-classes"], default="area",
                    help="pixels of several instances: larger painted first (area), later class wins (order), "
                    "ignore index where 2+ instances meet (ignore, torchvision's rule) or 2+ classes meet")
