@@ -124,7 +124,8 @@ def _prepare_folder(args: argparse.Namespace) -> PrepareJob:
     palette = folder.load_palette(Path(args.palette), classes) if args.palette else None
     specs, unpaired = folder.build_specs(Path(args.images).resolve(), Path(args.masks).resolve(), args.mask_suffix)
     if not specs:
-        raise DataError(f"{args.images}: nothing selected: no image has a mask named <stem>{args.mask_suffix}.<ext> in {args.masks}")
+        raise DataError(f"{args.images}: nothing selected: no image has a mask named "
+                        f"<stem>{args.mask_suffix}.<ext> in {args.masks}")
     opts = folder.FolderOptions(
         num_classes=len(classes), source_ignore=args.source_ignore, unknown_to_ignore=args.unknown_to_ignore,
         palette=tuple(tuple(c) for c in palette) if palette else None, **_label_options(args, len(classes)),

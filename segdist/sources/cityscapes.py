@@ -111,7 +111,8 @@ def convert(spec: CityscapesSpec, opts: CityscapesOptions) -> Sample:
                                       "8-bit labelIds map")
     if label_ids.shape != (image.height, image.width):
         height, width = label_ids.shape
-        raise SkipSample("size_mismatch", f"{spec.label_path} is {width}x{height}, its image {image.width}x{image.height}")
+        raise SkipSample("size_mismatch",
+                         f"{spec.label_path} is {width}x{height}, its image {image.width}x{image.height}")
     data, ext = image.data, image.ext
     if opts.image_format == "jpeg":
         with decoder_errors("corrupt_image", spec.image_path):

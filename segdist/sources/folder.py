@@ -59,7 +59,8 @@ def load_palette(path: Path, classes: list[str]) -> list[list[int]]:
         unknown = sorted(set(raw) - set(classes))
         missing = [c for c in classes if c not in raw]
         if unknown or missing:
-            raise DataError(f"{path}: palette names {unknown or ''} not in --classes; classes without colour: {missing}")
+            raise DataError(f"{path}: palette names {unknown or ''} not in --classes; "
+                            f"classes without colour: {missing}")
         raw = [raw[c] for c in classes]
     if not isinstance(raw, list) or len(raw) != len(classes):
         raise DataError(f"{path}: needs one [r, g, b] per class ({len(classes)} classes), "
@@ -139,7 +140,8 @@ def convert(spec: FolderSpec, opts: FolderOptions) -> Sample:
     mask = read_mask(Path(spec.mask_path), opts.max_pixels)
     if mask.values.shape[:2] != (image.height, image.width):
         height, width = mask.values.shape[:2]
-        raise SkipSample("size_mismatch", f"{spec.mask_path} is {width}x{height}, its image {image.width}x{image.height}")
+        raise SkipSample("size_mismatch",
+                         f"{spec.mask_path} is {width}x{height}, its image {image.width}x{image.height}")
     values = mask.values
     if mask.opaque is not None:  # fully transparent pixels are background, whatever value they hold
         colour = values.ndim == 3
