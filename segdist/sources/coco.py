@@ -20,6 +20,7 @@ from segdist.sources.common import (
     IGNORE_INDEX,
     DataError,
     Sample,
+    SkipSample,
     decoder_errors,
     label_dtype,
     read_image,
@@ -52,7 +53,8 @@ class CocoSpec:
     width: int
     height: int
     instances: list[Instance] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)  # annotations of this image left out, by reason
+    dropped: dict[str, int] = field(default_factory=dict)  # degenerate polygons left out, by reason
+    broken: list[str] = field(default_factory=list)  # annotations that cannot be drawn: the image is skipped
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,14 @@ def resolve_classes(requested: list[str], categories: list[dict], path: Path | s
             raise DataError(f"class '{item}' is requested twice")
         chosen.append(cat)
     return chosen
+
+
+SEGMENTATION_PROBLEMS = {
+    "bad_polygon": "polygon coordinates are not all finite numbers",
+    "bad_segmentation": "segmentation is neither a list of polygons nor an RLE {counts, size}",
+    "rle_size_mismatch": "RLE size is not the image's [height, width]",
+    "bad_rle": "RLE run lengths are malformed, negative, or do not cover height x width pixels",
+}
 
 
 def clean_segmentation(seg: object, height: int, width: int) -> tuple[list | dict | None, str | None]:
@@ -257,6 +267,7 @@ def build_specs(
     images = {img["id"]: img for img in data["images"]}
     orphans: Counter = Counter()
     dropped: dict[int, Counter] = defaultdict(Counter)
+    broken: dict[int, list[str]] = defaultdict(list)
     instances: dict[int, list[Instance]] = defaultdict(list)
     for ann in data["annotations"]:
         label = label_of.get(ann["category_id"])
@@ -267,8 +278,11 @@ def build_specs(
             orphans["annotation_without_image"] += 1
             continue
         seg, problem = clean_segmentation(ann["segmentation"], img["height"], img["width"])
-        if problem:
+        if problem == "degenerate_polygon":  # no area: nothing of the image is lost
             dropped[img["id"]][problem] += 1
+            continue
+        if problem:  # an object or crowd region that cannot be drawn: the image's label would be wrong
+            broken[img["id"]].append(f"annotation {ann.get('id', '?')}: {SEGMENTATION_PROBLEMS[problem]}")
             continue
         bbox = tuple(float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
         instances[img["id"]].append(Instance(ann.get("id", 0), label, bool(ann.get("iscrowd", 0)), seg, bbox))
@@ -287,7 +301,7 @@ def build_specs(
             chosen.update(int(i) for i in rng.permutation(candidates)[:per_class])
         image_ids = sorted(chosen)
     else:
-        image_ids = sorted(i for i in images if keep_empty or labelled(i))
+        image_ids = sorted(i for i in images if keep_empty or labelled(i) or i in broken)
 
     specs = []
     for image_id in image_ids:
@@ -301,6 +315,7 @@ def build_specs(
                 height=img["height"],
                 instances=sorted(instances.get(image_id, []), key=lambda inst: inst.ann_id),
                 dropped=dict(dropped.get(image_id, {})),
+                broken=broken.get(image_id, []),
             )
         )
     return specs, orphans
@@ -372,6 +387,8 @@ def _paint_ignoring_overlaps(label: np.ndarray, masks: Iterator[tuple[int, np.nd
 
 def convert(spec: CocoSpec, opts: CocoOptions) -> Sample:
     """Worker side: read and check the image, paint its label map."""
+    if spec.broken:
+        raise SkipSample("bad_annotation", f"{spec.path}: " + "; ".join(spec.broken[:3]))
     image = read_image(Path(spec.path), (spec.width, spec.height), opts.max_pixels)
     with decoder_errors("corrupt_annotation", f"{spec.path} (annotations of image id {spec.image_id})"):
         label = render_label(spec, opts)

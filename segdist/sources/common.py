@@ -116,8 +116,8 @@ def _read_bytes(path: Path, kind: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise SkipSample(f"missing_{kind}", f"{path} does not exist") from None
-    except OSError as exc:
-        raise SkipSample(f"corrupt_{kind}", f"{path}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise SkipSample(f"unreadable_{kind}", f"{path}: {exc}") from None
 
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
