@@ -54,34 +54,27 @@ class PrepareJob:
     unpaired: Counter = field(default_factory=Counter)  # inputs skipped before conversion, by reason
 
 
-def _canonical(obj: object) -> object:
-    """A JSON-able form of specs, options and the convert function, for hashing."""
+def _jsonable(obj: object) -> object:
+    """JSON for what json.dumps cannot encode itself: specs and options (dataclasses), the convert function."""
     if isinstance(obj, functools.partial):
-        return {"function": _canonical(obj.func), "args": _canonical(obj.args), "keywords": _canonical(obj.keywords)}
+        return {"function": obj.func, "args": obj.args, "keywords": obj.keywords}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"type": type(obj).__qualname__, **vars(obj)}
     if callable(obj) and hasattr(obj, "__qualname__"):
         return f"{obj.__module__}.{obj.__qualname__}"
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"type": type(obj).__qualname__, **{f.name: _canonical(getattr(obj, f.name))
-                                                   for f in dataclasses.fields(obj)}}
-    if isinstance(obj, dict):
-        return {str(k): _canonical(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    return obj
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
 
 
 def fingerprint(job: PrepareJob, split: str) -> str:
     """Hash of everything that changes a split's output: inputs in full, every option, the code version."""
     settings = {"segdist": __version__, "format": FORMAT, "split": split, "classes": job.classes,
                 "palette": job.palette, "ignore_index": job.ignore_index, "source": job.source,
-                "convert": _canonical(job.convert), "shard_size": job.shard_size, "shard_bytes": job.shard_bytes,
+                "convert": job.convert, "shard_size": job.shard_size, "shard_bytes": job.shard_bytes,
                 "unpaired": dict(job.unpaired)}
-    h = hashlib.sha256(json.dumps(_canonical(settings), sort_keys=True, default=repr).encode())
-    for spec in job.splits[split]:
-        h.update(json.dumps(_canonical(spec), sort_keys=True, default=repr).encode() + b"\n")
-    return h.hexdigest()[:16]
+    text = json.dumps([settings, job.splits[split]], sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextmanager

@@ -345,43 +345,57 @@ def render_label(spec: CocoSpec, opts: CocoOptions) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     h, w = spec.height, spec.width
-    # pycocotools decodes column-major masks; painting into a column-major label avoids strided copies.
-    label = np.zeros((h, w), dtype=label_dtype(opts.num_classes, opts.ignore_index), order="F")
+    label = np.zeros((h, w), dtype=label_dtype(opts.num_classes, opts.ignore_index))
     regular = [i for i in spec.instances if not i.iscrowd or opts.crowd == "label"]
     crowd = [i for i in spec.instances if i.iscrowd and opts.crowd == "ignore"]
     rles = {id(i): _rle(i.segmentation, h, w) for i in spec.instances}
 
-    def decode(rle: dict) -> np.ndarray:
-        return mask_utils.decode(rle).view(bool)
-
     if opts.overlap == "area":
         areas = {id(i): float(mask_utils.area(rles[id(i)])) for i in regular}
         for inst in sorted(regular, key=lambda i: (-areas[id(i)], i.ann_id)):
-            label[decode(rles[id(inst)])] = inst.label
+            _paint(label, MaskRegion(rles[id(inst)]), inst.label)
     elif opts.overlap == "ignore":
-        masks = ((inst.label, decode(rles[id(inst)])) for inst in regular)
-        _paint_ignoring_overlaps(label, masks, opts.ignore_index)
+        _paint_ignoring_overlaps(label, ((i.label, MaskRegion(rles[id(i)])) for i in regular), opts.ignore_index)
     else:
         by_class = [(c, [rles[id(i)] for i in regular if i.label == c]) for c in range(1, opts.num_classes)]
-        masks = ((c, decode(mask_utils.merge(members))) for c, members in by_class if members)
+        masks = ((c, MaskRegion(mask_utils.merge(members))) for c, members in by_class if members)
         if opts.overlap == "order":
-            for cls, mask in masks:
-                label[mask] = cls
+            for cls, region in masks:
+                _paint(label, region, cls)
         else:
             _paint_ignoring_overlaps(label, masks, opts.ignore_index)
     if crowd:
-        label[decode(mask_utils.merge([rles[id(i)] for i in crowd]))] = opts.ignore_index
-    return np.ascontiguousarray(label)
+        _paint(label, MaskRegion(mask_utils.merge([rles[id(i)] for i in crowd])), opts.ignore_index)
+    return label
 
 
-def _paint_ignoring_overlaps(label: np.ndarray, masks: Iterator[tuple[int, np.ndarray]], ignore_index: int) -> None:
+class MaskRegion:
+    """A decoded instance mask and the box holding its pixels (painting touches only that box)."""
+
+    def __init__(self, rle: dict):
+        from pycocotools import mask as mask_utils
+
+        self.mask = mask_utils.decode(rle).view(bool)  # column-major, full image size
+        x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))  # exact pixel box; zeros when empty
+        self.box = (slice(y, y + h), slice(x, x + w))
+
+    def pixels(self) -> np.ndarray:
+        return self.mask[self.box]
+
+
+def _paint(label: np.ndarray, region: MaskRegion, value: int) -> None:
+    label[region.box][region.pixels()] = value
+
+
+def _paint_ignoring_overlaps(label: np.ndarray, masks: Iterator[tuple[int, MaskRegion]], ignore_index: int) -> None:
     """Each mask's pixels get its class; pixels covered by two or more masks get the ignore index."""
-    covered = np.zeros(label.shape, bool, order="F")
-    overlap = np.zeros(label.shape, bool, order="F")
-    for cls, mask in masks:
-        overlap |= covered & mask
-        covered |= mask
-        label[mask] = cls
+    covered = np.zeros(label.shape, bool)
+    overlap = np.zeros(label.shape, bool)
+    for cls, region in masks:
+        pixels = region.pixels()
+        overlap[region.box] |= covered[region.box] & pixels
+        covered[region.box] |= pixels
+        label[region.box][pixels] = cls
     label[overlap] = ignore_index
 
 
