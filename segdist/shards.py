@@ -185,6 +185,9 @@ def _check_job(job: PrepareJob, workers: int | None) -> None:
     for split, specs in job.splits.items():
         if not re.fullmatch(r"[A-Za-z0-9_]+", split):
             raise DataError(f"split name '{split}' must be letters, digits and '_' (it starts shard file names)")
+        if not specs:
+            raise DataError(f"split '{split}' gets no input (of {sum(map(len, job.splits.values()))}); "
+                            "nothing was written")
         _check_unique_keys(split, specs)
 
 
