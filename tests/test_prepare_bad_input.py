@@ -1,6 +1,7 @@
 """Bad input: clear errors naming the file and the problem, or skipped and counted; never half-written."""
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -121,16 +122,18 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
     real = shards.run_tasks
     converted = []
 
-    def interrupted(tasks, *args, **kwargs):
-        for i, (task, record) in enumerate(real(tasks, *args, **kwargs)):
-            if i == 3:
-                raise KeyboardInterrupt
-            yield task, record
+    def interrupted(*args, **kwargs):
+        with closing(real(*args, **kwargs)) as results:  # closed: its tasks are cancelled and waited for
+            for i, (task, record) in enumerate(results):
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield task, record
 
-    def counted(tasks, *args, **kwargs):
-        for task, record in real(tasks, *args, **kwargs):
-            converted.append(task.index)
-            yield task, record
+    def counted(*args, **kwargs):
+        with closing(real(*args, **kwargs)) as results:
+            for task, record in results:
+                converted.append(task.index)
+                yield task, record
 
     out = tmp_path / "out"
     monkeypatch.setattr(shards, "run_tasks", interrupted)

@@ -1,6 +1,7 @@
 """A run-stopping error met by a Ray task leaves the output directory exactly as it was before the run."""
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -47,9 +48,10 @@ def shard_records(monkeypatch):
     real, seen = shards.run_tasks, []
 
     def spy(*args, **kwargs):
-        for task, record in real(*args, **kwargs):
-            seen.append(record)
-            yield task, record
+        with closing(real(*args, **kwargs)) as results:  # closed: its tasks are cancelled and waited for
+            for task, record in results:
+                seen.append(record)
+                yield task, record
 
     monkeypatch.setattr(shards, "run_tasks", spy)
     return seen
@@ -103,9 +105,10 @@ def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path
     real = shards.run_tasks
 
     def interrupted(*a, **kw):
-        for result in real(*a, **kw):
-            yield result
-            raise KeyboardInterrupt
+        with closing(real(*a, **kw)) as results:
+            for result in results:
+                yield result
+                raise KeyboardInterrupt
 
     monkeypatch.setattr(shards, "run_tasks", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -9,6 +9,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from contextlib import closing
 
 import pytest
 from helpers import free_port, manifest, read_shards, run_cli
@@ -147,9 +148,10 @@ def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_reco
         return real_wait(refs, *args, **kwargs)
 
     def run(*args, **kwargs):
-        for task, record in real_run(*args, **kwargs):
-            records.append(record)
-            yield task, record
+        with closing(real_run(*args, **kwargs)) as results:
+            for task, record in results:
+                records.append(record)
+                yield task, record
 
     monkeypatch.setattr(ray, "wait", wait)
     monkeypatch.setattr(shards, "run_tasks", run)
