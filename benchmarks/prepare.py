@@ -94,23 +94,32 @@ def run_segdist_on_running_cluster(root: Path, out: Path, workers: int) -> int:
 
 
 class PeakMemory:
-    """Peak summed PSS of this process and its descendants, sampled in a thread."""
+    """Peak summed PSS of process `pid` and its descendants, and of `pid` alone, sampled in a thread."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
 
     def __enter__(self) -> "PeakMemory":
-        self.peak, self._stop = 0, threading.Event()
+        self.peak, self.peak_self, self._stop = 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for p in [me, *me.children(recursive=True)]:
+            try:
+                family = [self.process, *self.process.children(recursive=True)]
+            except psutil.Error:
+                family = []
+            for p in family:
                 try:
-                    total += p.memory_full_info().pss  # PSS: forked pages shared with the parent count once
+                    pss = p.memory_full_info().pss  # PSS: forked pages shared with the parent count once
                 except psutil.Error:
-                    pass
+                    continue
+                total += pss
+                if p.pid == self.process.pid:
+                    self.peak_self = max(self.peak_self, pss)
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 
@@ -119,23 +128,39 @@ class PeakMemory:
         self._thread.join()
 
 
-def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float]:
-    out = work / fn.__name__
-    cluster = fn is run_segdist_on_running_cluster
-    if cluster:
+def _timed(name: str, root: Path, out: Path, workers: int, conn) -> None:  # noqa: ANN001 - a Pipe end
+    """Runs in a fresh process: (optionally start Ray,) run one pipeline, send back (images, seconds)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if name == "run_segdist_on_running_cluster":
         import ray
 
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    try:
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            n = fn(root, out, workers)
-            seconds = time.perf_counter() - start
-    finally:
-        if cluster:
-            ray.shutdown()
+        conn.send("ready")
+    start = time.perf_counter()
+    n = globals()[name](root, out, workers)
+    conn.send((n, time.perf_counter() - start))
+
+
+def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float, float]:
+    """Images, seconds, peak MiB of the whole process tree and of its main process, in a fresh process.
+
+    A fresh process per run: memory left over from an earlier run (or from generating the data)
+    is not counted, and nothing is shared between runs. The warm run starts its Ray cluster
+    before the clock (and the memory peak) starts.
+    """
+    import multiprocessing
+
+    out = work / fn.__name__
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=_timed, args=(fn.__name__, root, out, workers, child))
+    process.start()
+    if fn is run_segdist_on_running_cluster:
+        assert parent.recv() == "ready"
+    with PeakMemory(process.pid) as mem:
+        n, seconds = parent.recv()
+    process.join()
     shutil.rmtree(out)
-    return n, seconds, mem.peak / 2**20
+    return n, seconds, mem.peak / 2**20, mem.peak_self / 2**20
 
 
 def ray_startup(workers: int) -> tuple[float, float]:
@@ -222,11 +247,14 @@ def main() -> None:
     print(f"\nprepare benchmark: synthetic COCO {args.size}, classes {','.join(CLASSES)}, {args.workers} processes")
     print("segdist = fresh local Ray started by the command; warm = Ray cluster already running (--address)")
     print(f"{'images':>6} {'converted':>9} | {'img/s baseline':>14} {'segdist':>8} {'warm':>8} | "
-          f"{'speed-up':>8} {'warm':>6} | {'peak MiB baseline':>17} {'segdist':>8} {'warm':>6} | {'cold-warm s':>11}")
-    for n_images, ((nb, tb, mb), (ns, ts, ms), (nw, tw, mw)) in rows:
+          f"{'speed-up':>8} {'warm':>6} | {'peak MiB baseline':>17} {'segdist':>8} {'(driver)':>8} {'warm':>6} | "
+          f"{'cold-warm s':>11}")
+    for n_images, ((nb, tb, mb, _), (ns, ts, ms, ds), (nw, tw, mw, _)) in rows:
         assert nb == ns == nw, f"all must convert the same images ({nb}, {ns}, {nw})"
         print(f"{n_images:>6} {nb:>9} | {nb / tb:>14.1f} {ns / ts:>8.1f} {nw / tw:>8.1f} | "
-              f"{tb / ts:>7.2f}x {tb / tw:>5.2f}x | {mb:>17.0f} {ms:>8.0f} {mw:>6.0f} | {ts - tw:>11.2f}")
+              f"{tb / ts:>7.2f}x {tb / tw:>5.2f}x | {mb:>17.0f} {ms:>8.0f} {ds:>8.0f} {mw:>6.0f} | {ts - tw:>11.2f}")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
+          f"on {os.cpu_count()} cores")
     print(f"Ray start-up (local cluster up, a first task done on each of {args.workers} workers): {startup:.2f} s; "
           f"shutdown {shutdown:.2f} s")
     print("CPU per image, one process (ms):")
