@@ -159,3 +159,26 @@ def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_reco
     assert len(records) > 10 and max(waits) == 2
     shard_bytes = [part["bytes"] for r in records for part in r["parts"]]
     assert max(len(json.dumps(r)) for r in records) < min(shard_bytes) / 4  # statistics, never image bytes
+
+
+def test_shard_files_are_byte_identical_to_pythons_tarfile_with_fixed_headers(tmp_path):
+    from segdist.shardfile import TarShard
+
+    samples = [("a", {"json": b"{}", "jpg": b"x" * 700}), ("b" * 120, {"seg.png": b"", "png": b"y" * 512}),
+               ("c", {"json": b"1" * 10241})]
+    shard = TarShard(tmp_path, "train-000000")
+    for key, files in samples:
+        shard.write(key, files)
+    (part,) = shard.close()
+    reference, offsets = io.BytesIO(), []
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, files in samples:
+            offsets.append(tar.offset)
+            for ext in sorted(files):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = (
+                    len(files[ext]), 0o444, 0, 0, 0, "", "")
+                tar.addfile(info, io.BytesIO(files[ext]))
+    assert (tmp_path / "train-000000.tar").read_bytes() == reference.getvalue()
+    assert part.offsets == offsets and part.bytes == len(reference.getvalue()) and part.samples == 3
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
