@@ -94,18 +94,26 @@ def run_segdist_on_running_cluster(root: Path, out: Path, workers: int) -> int:
 
 
 class PeakMemory:
-    """Peak summed PSS of process `pid` and its descendants, and of `pid` alone, sampled in a thread."""
+    """Peak summed PSS of process `pid` and its descendants, and of `pid` alone, sampled in a thread.
+
+    Also the CPU time the whole process tree used while sampled (user + system, each process's
+    last sample minus its first; a process that ends between samples loses at most 50 ms).
+    On a shared machine this is steadier than wall time.
+    """
 
     def __init__(self, pid: int):
         self.process = psutil.Process(pid)
 
     def __enter__(self) -> "PeakMemory":
         self.peak, self.peak_self, self._stop = 0, 0, threading.Event()
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
+        first_pass = True
         while not self._stop.is_set():
             total = 0
             try:
@@ -115,17 +123,25 @@ class PeakMemory:
             for p in family:
                 try:
                     pss = p.memory_full_info().pss  # PSS: forked pages shared with the parent count once
+                    cpu = sum(p.cpu_times()[:2])
                 except psutil.Error:
                     continue
+                self._cpu_first.setdefault(p.pid, cpu if first_pass else 0.0)  # later processes: all of it
+                self._cpu_last[p.pid] = cpu
                 total += pss
                 if p.pid == self.process.pid:
                     self.peak_self = max(self.peak_self, pss)
             self.peak = max(self.peak, total)
+            first_pass = False
             time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(last - self._cpu_first[pid] for pid, last in self._cpu_last.items())
 
 
 def _timed(name: str, root: Path, out: Path, workers: int, conn) -> None:  # noqa: ANN001 - a Pipe end
@@ -135,18 +151,20 @@ def _timed(name: str, root: Path, out: Path, workers: int, conn) -> None:  # noq
         import ray
 
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.get([ray.remote(num_cpus=1)(lambda: None).remote() for _ in range(workers)])
+        time.sleep(3)  # a cluster that is up: its processes done starting, its workers running
         conn.send("ready")
     start = time.perf_counter()
     n = globals()[name](root, out, workers)
     conn.send((n, time.perf_counter() - start))
 
 
-def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float, float]:
-    """Images, seconds, peak MiB of the whole process tree and of its main process, in a fresh process.
+def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float, float, float]:
+    """Images, seconds, peak MiB of the process tree and of its main process, CPU seconds, in a fresh process.
 
     A fresh process per run: memory left over from an earlier run (or from generating the data)
-    is not counted, and nothing is shared between runs. The warm run starts its Ray cluster
-    before the clock (and the memory peak) starts.
+    is not counted, and nothing is shared between runs. The warm run starts its Ray cluster (and
+    lets it settle) before the clock, the memory peak and the CPU time start.
     """
     import multiprocessing
 
@@ -160,7 +178,7 @@ def measure(fn, root: Path, work: Path, workers: int) -> tuple[int, float, float
         n, seconds = parent.recv()
     process.join()
     shutil.rmtree(out)
-    return n, seconds, mem.peak / 2**20, mem.peak_self / 2**20
+    return n, seconds, mem.peak / 2**20, mem.peak_self / 2**20, mem.cpu_seconds
 
 
 def ray_startup(workers: int) -> tuple[float, float]:
@@ -249,10 +267,15 @@ def main() -> None:
     print(f"{'images':>6} {'converted':>9} | {'img/s baseline':>14} {'segdist':>8} {'warm':>8} | "
           f"{'speed-up':>8} {'warm':>6} | {'peak MiB baseline':>17} {'segdist':>8} {'(driver)':>8} {'warm':>6} | "
           f"{'cold-warm s':>11}")
-    for n_images, ((nb, tb, mb, _), (ns, ts, ms, ds), (nw, tw, mw, _)) in rows:
+    for n_images, ((nb, tb, mb, _, _), (ns, ts, ms, ds, _), (nw, tw, mw, _, _)) in rows:
         assert nb == ns == nw, f"all must convert the same images ({nb}, {ns}, {nw})"
         print(f"{n_images:>6} {nb:>9} | {nb / tb:>14.1f} {ns / ts:>8.1f} {nw / tw:>8.1f} | "
               f"{tb / ts:>7.2f}x {tb / tw:>5.2f}x | {mb:>17.0f} {ms:>8.0f} {ds:>8.0f} {mw:>6.0f} | {ts - tw:>11.2f}")
+    print("CPU time of the whole process tree (Ray's processes included), ms per image, and baseline / segdist:")
+    print(f"{'images':>6} | {'baseline':>8} {'segdist':>8} {'warm':>8} | {'ratio':>6} {'warm':>6}")
+    for n_images, ((nb, _, _, _, cb), (_, _, _, _, cs), (_, _, _, _, cw)) in rows:
+        print(f"{n_images:>6} | {cb / nb * 1000:>8.2f} {cs / nb * 1000:>8.2f} {cw / nb * 1000:>8.2f} | "
+              f"{cb / cs:>5.2f}x {cb / cw:>5.2f}x")
     print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
           f"on {os.cpu_count()} cores")
     print(f"Ray start-up (local cluster up, a first task done on each of {args.workers} workers): {startup:.2f} s; "
