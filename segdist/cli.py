@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segdist.sources.common import IGNORE_INDEX, DataError, parse_classes
+from segdist.sources.common import (
+    DEFAULT_MAX_PIXELS,
+    DataError,
+    check_ignore_index,
+    check_max_pixels,
+    default_ignore_index,
+    parse_classes,
+)
 
 
 def _size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
     return int(w), int(h)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _bytes(text: str) -> int:
@@ -43,68 +57,103 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote synthetic {args.format} to {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
-def _prepare_coco(args: argparse.Namespace) -> tuple[dict, object, list[str], list, dict, Counter]:
+if TYPE_CHECKING:
+    from segdist.shards import PrepareJob
+
+
+def _label_options(args: argparse.Namespace, num_classes: int) -> dict:
+    """The options every source's converter takes: ignore index and pixel limit, checked."""
+    ignore = args.ignore_index if args.ignore_index is not None else default_ignore_index(num_classes)
+    return {"ignore_index": check_ignore_index(ignore, num_classes), "max_pixels": check_max_pixels(args.max_pixels)}
+
+
+def _prepare_coco(args: argparse.Namespace) -> PrepareJob:
+    from segdist.shards import PrepareJob
+    from segdist.viz import default_palette
     from segdist.sources import coco
 
-    data = coco.load_annotations(Path(args.annotations))
-    cats = coco.resolve_classes(parse_classes(args.classes), data["categories"])
+    annotations = Path(args.annotations)
+    data = coco.load_annotations(annotations)
+    cats = coco.resolve_classes(parse_classes(args.classes), data["categories"], annotations)
     specs, orphans = coco.build_specs(
-        data, Path(args.images), cats, crowd=args.crowd, keep_empty=args.keep_empty,
+        data, Path(args.images).resolve(), cats, crowd=args.crowd, keep_empty=args.keep_empty,
         per_class=args.per_class, seed=args.seed,
     )
+    if not specs:
+        raise DataError(f"{annotations}: nothing selected: no image holds an instance of {args.classes} (crowd regions "
+                        f"{'count' if args.crowd == 'label' else 'do not count'}); --keep-empty keeps images "
+                        "without; nothing was written")
     splits = coco.split_by_ratio(specs, args.splits, args.seed) if args.splits else {args.split: specs}
     classes = ["background"] + [c["name"] for c in cats]
-    opts = coco.CocoOptions(num_classes=len(classes), overlap=args.overlap, crowd=args.crowd)
+    opts = coco.CocoOptions(num_classes=len(classes), overlap=args.overlap, crowd=args.crowd,
+                            **_label_options(args, len(classes)))
     source = {
         "type": "coco", "images": args.images, "annotations": args.annotations,
-        "category_ids": [int(c["id"]) for c in cats], "overlap": args.overlap, "crowd": args.crowd,
+        "category_ids": [c["id"] for c in cats], "overlap": args.overlap, "crowd": args.crowd,
         "keep_empty": args.keep_empty, "per_class": args.per_class, "splits": args.splits, "seed": args.seed,
+        "max_pixels": opts.max_pixels,
     }
-    return splits, partial(coco.convert, opts=opts), classes, None, source, orphans
+    if orphans:  # reported, but no input is skipped for them
+        print(f"{annotations}: annotations pointing at no image: " + ", ".join(f"{k}={v}" for k, v in orphans.items()))
+    return PrepareJob(splits, partial(coco.convert, opts=opts), classes, default_palette(len(classes)),
+                      opts.ignore_index, source, args.shard_size, args.shard_bytes)
 
 
-def _prepare_cityscapes(args: argparse.Namespace) -> tuple:
+def _prepare_cityscapes(args: argparse.Namespace) -> PrepareJob:
+    from segdist.shards import PrepareJob
     from segdist.sources import cityscapes
 
-    specs = cityscapes.build_specs(Path(args.root), args.split)
-    opts = cityscapes.CityscapesOptions(image_format=args.image_format)
-    source = {"type": "cityscapes", "root": args.root, "split": args.split, "image_format": args.image_format}
-    convert = partial(cityscapes.convert, opts=opts)
-    return {args.split: specs}, convert, cityscapes.CLASSES, cityscapes.PALETTE, source, Counter()
+    specs = cityscapes.build_specs(Path(args.root).resolve(), args.split)
+    if not specs:
+        raise DataError(f"{Path(args.root) / 'leftImg8bit' / args.split}: nothing selected: no "
+                        "*/*_leftImg8bit.png frames")
+    classes = cityscapes.CLASSES
+    opts = cityscapes.CityscapesOptions(image_format=args.image_format, **_label_options(args, len(classes)))
+    source = {"type": "cityscapes", "root": args.root, "split": args.split, "image_format": args.image_format,
+              "max_pixels": opts.max_pixels}
+    return PrepareJob({args.split: specs}, partial(cityscapes.convert, opts=opts), classes, cityscapes.PALETTE,
+                      opts.ignore_index, source, args.shard_size, args.shard_bytes)
 
 
-def _prepare_folder(args: argparse.Namespace) -> tuple:
+def _prepare_folder(args: argparse.Namespace) -> PrepareJob:
+    from segdist.shards import PrepareJob
+    from segdist.viz import default_palette
     from segdist.sources import folder
 
     classes = parse_classes(args.classes)
     palette = folder.load_palette(Path(args.palette), classes) if args.palette else None
-    specs, unpaired = folder.build_specs(Path(args.images), Path(args.masks), args.mask_suffix)
+    specs, unpaired = folder.build_specs(Path(args.images).resolve(), Path(args.masks).resolve(), args.mask_suffix)
+    if not specs:
+        raise DataError(f"{args.images}: nothing selected: no image has a mask named "
+                        f"<stem>{args.mask_suffix}.<ext> in {args.masks}")
     opts = folder.FolderOptions(
-        num_classes=len(classes), source_ignore=args.ignore_index, unknown_to_ignore=args.unknown_to_ignore,
-        palette=tuple(tuple(c) for c in palette) if palette else None,
+        num_classes=len(classes), source_ignore=args.source_ignore, unknown_to_ignore=args.unknown_to_ignore,
+        palette=tuple(tuple(c) for c in palette) if palette else None, **_label_options(args, len(classes)),
     )
     source = {
         "type": "folder", "images": args.images, "masks": args.masks, "mask_suffix": args.mask_suffix,
-        "source_ignore_index": args.ignore_index, "unknown_to_ignore": args.unknown_to_ignore, "palette": palette,
+        "source_ignore": args.source_ignore, "unknown_to_ignore": args.unknown_to_ignore, "palette": palette,
+        "max_pixels": opts.max_pixels,
     }
-    return {args.split: specs}, partial(folder.convert, opts=opts), classes, palette, source, unpaired
+    return PrepareJob({args.split: specs}, partial(folder.convert, opts=opts), classes,
+                      palette or default_palette(len(classes)), opts.ignore_index, source, args.shard_size,
+                      args.shard_bytes, unpaired)
+
+
+def prepare_job(args: argparse.Namespace) -> PrepareJob:
+    """What `segdist prepare SOURCE ...` will write, built from its arguments (nothing is written yet)."""
+    build = {"coco": _prepare_coco, "cityscapes": _prepare_cityscapes, "folder": _prepare_folder}[args.source]
+    return build(args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from segdist.shards import write_dataset
-    from segdist.viz import default_palette
 
-    build = {"coco": _prepare_coco, "cityscapes": _prepare_cityscapes, "folder": _prepare_folder}[args.source]
-    splits, convert, classes, palette, source, unpaired = build(args)
+    job = prepare_job(args)
     out = Path(args.out)
-    manifest = write_dataset(
-        out, splits, convert, classes=classes, palette=palette or default_palette(len(classes)),
-        ignore_index=IGNORE_INDEX, source=source, workers=args.workers, address=args.address,
-        shard_size=args.shard_size, shard_bytes=args.shard_bytes, overwrite=args.overwrite,
-        unpaired=unpaired if args.source == "folder" else None,
-    )
-    print(f"\nprepared {out} ({len(classes)} classes)")
-    for split in splits:
+    manifest = write_dataset(out, job, workers=args.workers, address=args.address, overwrite=args.overwrite)
+    print(f"\nprepared {out} ({len(job.classes)} classes, ignore index {job.ignore_index})")
+    for split in job.splits:
         rec = manifest["splits"][split]
         line = f"  {split:<6} {rec['samples']:>6} samples  {len(rec['shards']):>4} shards"
         if rec["skipped"]:
@@ -112,8 +161,6 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         if rec["dropped_annotations"]:
             line += "  dropped annotations: " + ", ".join(f"{k}={v}" for k, v in rec["dropped_annotations"].items())
         print(line)
-    if args.source == "coco" and unpaired:
-        print("  annotations pointing at no image: " + ", ".join(f"{k}={v}" for k, v in unpaired.items()))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -135,12 +182,9 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    import io
-
-    import numpy as np
     import webdataset as wds
-    from PIL import Image
 
+    from segdist.images import decode_label, decode_rgb
     from segdist.manifest import read_manifest, shard_paths
     from segdist.viz import colorize, overlay, panel, save_png
 
@@ -153,9 +197,10 @@ def cmd_show(args: argparse.Namespace) -> None:
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         if written >= args.n:
             break
-        image_bytes = sample.get("jpg") or sample.get("png")
-        rgb = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
-        label = np.asarray(Image.open(io.BytesIO(sample["seg.png"])))
+        rgb = decode_rgb(sample.get("jpg") or sample.get("png"))  # the stored pixel grid, as the label
+        label = decode_label(sample["seg.png"])
+        if rgb is None or label is None:
+            raise DataError(f"{sample['__url__']}: sample '{sample['__key__']}' does not decode")
         colour = colorize(label, manifest["palette"], manifest["ignore_index"])
         save_png(panel(rgb, colour, overlay(rgb, colour, label)), out / f"{sample['__key__']}.png")
         written += 1
@@ -295,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
     common.add_argument("--shard-size", type=int, default=256, help="samples per shard")
     common.add_argument("--shard-bytes", type=_bytes, default=None, help="also cap shard size, e.g. 512MB")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--ignore-index", type=int, default=None,
+                        help="label value meaning 'ignore' (default 255, or 65535 with more than 255 classes)")
+    common.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="skip (and count) images and masks larger than this (default: PIL's limit)")
     common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
 
     c = src.add_parser("coco", parents=[common], help="COCO instances JSON + images")
@@ -305,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = c.add_mutually_exclusive_group()
     group.add_argument("--split", default="train", help="split name for all selected images")
     group.add_argument("--splits", type=_ratios, default=None, help="seeded ratio split, e.g. train=0.8,val=0.2")
-    c.add_argument("--per-class", type=int, default=None, help="at most N images per class (seeded)")
-    c.add_argument("--overlap", choices=["area", "order", "ignore"], default="area")
+    c.add_argument("--per-class", type=_positive, default=None, help="at most N images per class (seeded)")
+    c.add_argument("--seed", type=int, default=0, help="seed for --per-class and --splits")
+    c.add_argument("--overlap", choices=["area", "order", "ignore", "ignore-between-classes"], default="area",
+                   help="pixels of several instances: larger painted first (area), later class wins (order), "
+                   "ignore index where 2+ instances meet (ignore, torchvision's rule) or 2+ classes meet")
     c.add_argument("--crowd", choices=["ignore", "label"], default="ignore")
     c.add_argument("--keep-empty", action="store_true", help="keep images with no selected instance")
 
@@ -320,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--masks", required=True)
     c.add_argument("--classes", required=True, help="comma-separated names; mask value = position")
     c.add_argument("--split", default="train")
-    c.add_argument("--ignore-index", type=int, default=None, help="mask value meaning 'ignore' in the source")
+    c.add_argument("--source-ignore", type=int, default=None, help="mask value meaning 'ignore' in the source")
     c.add_argument("--unknown-to-ignore", action="store_true", help="out-of-range values/colours -> ignore")
     c.add_argument("--palette", default=None, help="JSON colours per class, for RGB/RGBA masks")
     c.add_argument("--mask-suffix", default="", help="mask stem = image stem + this")

@@ -1,6 +1,7 @@
 """Bad input: clear errors naming the file and the problem, or skipped and counted; never half-written."""
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -116,31 +117,101 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
 
     images, ann_file = _tree(tmp_path, n=20)
     reference = tmp_path / "reference"
-    _coco(prepare, images, ann_file, reference, "--shard-size", "3")
+    _coco(prepare, images, ann_file, reference, "--shard-size", "3")  # 7 shards
 
-    real = shards.ordered_results
+    real = shards.run_tasks
+    converted = []
 
     def interrupted(*args, **kwargs):
-        for i, result in enumerate(real(*args, **kwargs)):
-            if i == 10:
-                raise KeyboardInterrupt
-            yield result
+        with closing(real(*args, **kwargs)) as results:  # closed: its tasks are cancelled and waited for
+            for i, (task, record) in enumerate(results):
+                if i == 3:
+                    raise KeyboardInterrupt
+                yield task, record
+
+    def counted(*args, **kwargs):
+        with closing(real(*args, **kwargs)) as results:
+            for task, record in results:
+                converted.append(task.index)
+                yield task, record
 
     out = tmp_path / "out"
-    monkeypatch.setattr(shards, "ordered_results", interrupted)
+    monkeypatch.setattr(shards, "run_tasks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _coco(prepare, images, ann_file, out, "--shard-size", "3")
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [".train.progress.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
-    assert not (out / "dataset.json").exists()
+    # Nothing in the output looks like a shard or a dataset: all of it is in the hidden staging directory.
+    (staging,) = out.iterdir()
+    assert staging.name.startswith(".train.") and staging.name.endswith(".partial")
+    names = sorted(p.name for p in staging.iterdir())
+    records = [n for n in names if n.endswith(".json") and n != "state.json"]
+    assert len(records) >= 3 and "state.json" in names
+    assert sorted(n for n in names if n.endswith(".tar")) == [r.replace(".json", ".tar") for r in records]
+    assert not [n for n in names if n.endswith(".tmp")]
 
     # A different run into the interrupted directory is refused ...
     with pytest.raises(SystemExit):
         _coco(prepare, images, ann_file, out, "--shard-size", "4")
-    # ... the same one finishes the job, byte-identical to an uninterrupted run.
-    monkeypatch.setattr(shards, "ordered_results", real)
+    # ... the same one converts only the shards not done, byte-identical to an uninterrupted run.
+    monkeypatch.setattr(shards, "run_tasks", counted)
     _coco(prepare, images, ann_file, out, "--shard-size", "3")
+    assert len(converted) == 7 - len(records) and not set(converted) & {int(r[6:12]) for r in records}
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     for tar in reference.glob("*.tar"):
         assert (out / tar.name).read_bytes() == tar.read_bytes()
     assert manifest(out)["splits"] == manifest(reference)["splits"]
+
+
+@pytest.mark.parametrize("section,index,key,value,wants", [
+    ("images", 1, "width", "40", "a positive integer"),
+    ("images", 0, "id", 1.5, "an integer"),
+    ("annotations", 2, "category_id", None, "an integer"),
+    ("annotations", 0, "bbox", [1, 2, 3], "a list of 4 numbers [x, y, w, h]"),
+    ("annotations", 3, "iscrowd", 2, "0 or 1"),
+    ("categories", 1, "name", 7, "a non-empty string"),
+])
+def test_coco_values_of_the_wrong_type_name_the_file_entry_and_key(tmp_path, prepare, capsys, section, index, key,
+                                                                   value, wants):
+    images, ann_file = _tree(tmp_path)
+    data = json.loads(ann_file.read_text())
+    data[section][index][key] = value
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        _coco(prepare, images, ann_file, tmp_path / "out")
+    assert f"{ann_file}: {section}[{index}] key '{key}' must be {wants}, got {value!r}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_annotation_that_cannot_be_drawn_skips_its_image_by_name(tmp_path, prepare):
+    images, ann_file = _tree(tmp_path, n=4)
+    data = json.loads(ann_file.read_text())
+    data["annotations"][1]["segmentation"] = {"counts": [5, 5], "size": [30, 40]}  # covers 10 of 1200 pixels
+    data["annotations"][2]["segmentation"] = [[1, 1, float("nan"), 1, 9, 9]]
+    data["annotations"].append({"id": 5, "image_id": 4, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 8, 0],
+                                "segmentation": [[1, 1, 9, 1]]})  # 2 points: no area, dropped, its image kept
+    ann_file.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    _coco(prepare, images, ann_file, out)
+    rec = manifest(out)["splits"]["train"]
+    assert rec["samples"] == 2 and rec["skipped"] == {"bad_annotation": 2}
+    assert rec["dropped_annotations"] == {"degenerate_polygon": 1}
+    details = {key: detail for key, _, detail in rec["skipped_examples"]}
+    assert details["000002"] == (f"{images}/000002.jpg: annotation 2: RLE run lengths are malformed, negative, "
+                                 "or do not cover height x width pixels")
+    assert details["000003"].endswith("annotation 3: polygon coordinates are not all finite numbers")
+
+
+def test_compressed_rle_runs_decode_as_pycocotools_encodes_them():
+    from pycocotools import mask as mask_utils
+
+    from segdist.sources.coco import rle_runs
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = rng.integers(1, 60, 2)
+        mask = np.asfortranarray(rng.random((h, w)) < rng.random())
+        flat = mask.ravel(order="F").astype(np.int8)
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        runs = ([0] if flat[0] else []) + runs  # COCO's runs start with zeros
+        assert rle_runs(mask_utils.encode(mask.astype(np.uint8))["counts"].decode()) == runs
+    assert rle_runs("o") is None and rle_runs("~") is None and rle_runs([1, True]) is None

@@ -122,7 +122,8 @@ def _uncompressed_counts(mask: np.ndarray) -> list[int]:
         ("area", "person,bicycle,car", "car", "bicycle"),  # smaller instances painted last stay visible
         ("order", "person,bicycle,car", "car", "bicycle"),  # the later class in --classes wins
         ("order", "car,bicycle,person", "person", "person"),
-        ("ignore", "person,bicycle,car", "ignore", "ignore"),  # claimed by two classes
+        ("ignore", "person,bicycle,car", "ignore", "ignore"),  # covered by two instances
+        ("ignore-between-classes", "person,bicycle,car", "ignore", "ignore"),  # claimed by two classes
     ],
 )
 def test_overlap_policies(tmp_path, prepare, overlap, classes, car_region, corner_region):
@@ -139,6 +140,66 @@ def test_overlap_policies(tmp_path, prepare, overlap, classes, car_region, corne
     assert np.all(label[52:54, 52:58] == label_of["bicycle"])  # bicycle alone
     assert np.all(label[51:57, 62:76] == 255)  # crowd -> ignore
     assert label[2, 2] == 0
+
+
+@pytest.mark.parametrize("overlap,expected", [("ignore", 255), ("ignore-between-classes", 1)])
+def test_overlapping_instances_of_one_class(tmp_path, prepare, overlap, expected):
+    anns = [{"image_id": 1, "category_id": 1, "segmentation": square(2, 2, 20, 20)},
+            {"image_id": 1, "category_id": 1, "segmentation": square(10, 10, 30, 30)}]
+    images, ann_file = write_coco(tmp_path, [{"id": 1, "width": 40, "height": 40}], anns)
+    prepare("coco", "--images", images, "--annotations", ann_file, "--classes", "person", "--overlap", overlap,
+            "--out", tmp_path / "out")
+    (sample,) = read_shards(tmp_path / "out", "train")
+    assert np.all(sample["label"][12:18, 12:18] == expected)  # covered twice
+    assert np.all(sample["label"][3:9, 3:9] == 1) and np.all(sample["label"][22:28, 22:28] == 1)
+
+
+def _torchvision_target(coco: COCO, image: dict, classes: list[str], crowd_ignore: bool) -> np.ndarray:
+    """torchvision references/segmentation coco_utils.py, rewritten with numpy.
+
+    FilterAndRemapCocoCategories keeps the annotations of the chosen categories and maps them to
+    their position in the list (0 = background); ConvertCocoPolysToMask decodes every annotation
+    (polygons of one instance OR-ed), takes the max of mask x category over instances and sets
+    every pixel covered by more than one instance to 255. With `crowd_ignore`, crowd annotations
+    are left out of that and their pixels set to 255 afterwards (segdist's --crowd ignore).
+    """
+    from pycocotools import mask as mask_utils
+
+    label_of = {c["id"]: classes.index(c["name"]) + 1 for c in coco.loadCats(coco.getCatIds(catNms=classes))}
+    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image["id"])) if a["category_id"] in label_of]
+    crowd = [a for a in anns if crowd_ignore and a["iscrowd"]]
+    anns = [a for a in anns if a not in crowd]
+    h, w = image["height"], image["width"]
+    target = np.zeros((h, w), np.uint8)
+    if anns:
+        masks = []
+        for ann in anns:
+            mask = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], h, w))
+            masks.append((mask[..., None] if mask.ndim < 3 else mask).any(axis=2))
+        masks = np.stack(masks).astype(np.uint8)
+        cats = np.array([label_of[a["category_id"]] for a in anns], np.uint8)
+        target = (masks * cats[:, None, None]).max(axis=0)
+        target[masks.sum(axis=0) > 1] = 255
+    for ann in crowd:
+        target[coco.annToMask(ann).astype(bool)] = 255
+    return target
+
+
+@pytest.mark.parametrize("crowd", ["label", "ignore"])
+def test_overlap_ignore_matches_torchvisions_reference_on_coco_mini(tmp_path, prepare, crowd):
+    root = shared_data("coco-mini")
+    ann_file = root / "annotations" / "instances_val2017.json"
+    out = tmp_path / "out"
+    prepare("coco", "--images", root / "val2017", "--annotations", ann_file, "--classes", ",".join(CLASSES),
+            "--overlap", "ignore", "--crowd", crowd, "--split", "val", "--out", out)
+    coco = COCO(str(ann_file))
+    samples = read_shards(out, "val")
+    overlapping = 0
+    for s in samples:
+        expected = _torchvision_target(coco, coco.loadImgs(s["meta"]["id"])[0], CLASSES, crowd == "ignore")
+        assert np.array_equal(s["label"], expected), s["key"]
+        overlapping += int((expected == 255).any())
+    assert len(samples) > 20 and overlapping > 5, "coco-mini has overlapping instances; the check must see them"
 
 
 def test_crowd_label_mode(tmp_path, prepare):

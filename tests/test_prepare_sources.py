@@ -43,7 +43,7 @@ def test_camvid_folder_as_is(tmp_path, prepare):
     root = shared_data("camvid")
     out = tmp_path / "camvid"
     prepare("folder", "--images", root / "val", "--masks", root / "valannot", "--classes", CAMVID,
-            "--ignore-index", "11", "--split", "val", "--out", out)
+            "--source-ignore", "11", "--split", "val", "--out", out)
     samples = read_shards(out, "val")
     assert len(samples) == 101 == manifest(out)["splits"]["val"]["samples"]
     for s in samples[:10]:

@@ -1,13 +1,19 @@
 """Shard layout: byte-identical whatever the worker count, readable by plain webdataset, Ray --address."""
 
+import io
+import json
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from contextlib import closing
 
 import pytest
 from helpers import free_port, manifest, read_shards, run_cli
+from PIL import Image
 
 from segdist.sources.synthetic import write_synthetic_coco
 
@@ -94,3 +100,85 @@ def test_prepare_against_an_existing_ray_cluster(synthetic_coco, tmp_path):
         if head.poll() is None:
             os.killpg(head.pid, 15)
             head.wait(timeout=60)
+
+
+def test_shard_bytes_splits_a_shard_into_parts_named_in_order(synthetic_coco, tmp_path, ray_cluster):
+    for workers in ("1", "2"):
+        _prepare(synthetic_coco, tmp_path / workers, "--shard-bytes", "40KB", "--workers", workers)
+    rec = manifest(tmp_path / "1")["splits"]["train"]
+    names = [s["name"] for s in rec["shards"]]
+    assert names == sorted(names) and any("_" in n for n in names) and names[0] == "train-000000.tar"
+    assert all(re.fullmatch(r"train-\d{6}(_\d+)?\.tar", n) for n in names)
+    # shard k holds inputs k*7 .. k*7+6: every shard index appears, whatever the parts
+    shard_count = -(-len(read_shards(tmp_path / "1", "train")) // 7)
+    assert sorted({n[6:12] for n in names}) == [f"{k:06d}" for k in range(shard_count)]
+    for name in names:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+def test_offsets_point_at_each_samples_first_header(tmp_path, prepare):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "mask").mkdir()
+    stems = ["a", "b" * 120, "c"]  # a key over 100 characters needs a pax header before its first member
+    for stem in stems:
+        Image.new("RGB", (8, 4), (1, 2, 3)).save(tmp_path / "img" / f"{stem}.png")
+        Image.new("L", (8, 4)).save(tmp_path / "mask" / f"{stem}.png")
+    out = tmp_path / "out"
+    prepare("folder", "--images", tmp_path / "img", "--masks", tmp_path / "mask", "--classes", "x", "--out", out)
+    (shard,) = manifest(out)["splits"]["train"]["shards"]
+    data = (out / shard["name"]).read_bytes()
+    assert len(shard["offsets"]) == shard["samples"] == 3 and shard["offsets"][0] == 0
+    for stem, offset in zip(stems, shard["offsets"]):
+        with tarfile.open(fileobj=io.BytesIO(data[offset:])) as tar:
+            first = tar.next()
+        assert first.name == f"{stem}.json"
+        assert (first.mtime, first.uid, first.gid, first.uname, first.gname, first.mode) == (0, 0, 0, "", "", 0o444)
+
+
+def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_records(
+        synthetic_coco, tmp_path, ray_cluster, monkeypatch):
+    import ray
+
+    from segdist import shards
+
+    waits, records, real_wait, real_run = [], [], ray.wait, shards.run_tasks
+
+    def wait(refs, *args, **kwargs):
+        waits.append(len(refs))
+        return real_wait(refs, *args, **kwargs)
+
+    def run(*args, **kwargs):
+        with closing(real_run(*args, **kwargs)) as results:
+            for task, record in results:
+                records.append(record)
+                yield task, record
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(shards, "run_tasks", run)
+    _prepare(synthetic_coco, tmp_path / "ds", "--shard-size", "2", "--workers", "1")
+    assert len(records) > 10 and max(waits) == 2
+    shard_bytes = [part["bytes"] for r in records for part in r["parts"]]
+    assert max(len(json.dumps(r)) for r in records) < min(shard_bytes) / 4  # statistics, never image bytes
+
+
+def test_shard_files_are_byte_identical_to_pythons_tarfile_with_fixed_headers(tmp_path):
+    from segdist.shardfile import TarShard
+
+    samples = [("a", {"json": b"{}", "jpg": b"x" * 700}), ("b" * 120, {"seg.png": b"", "png": b"y" * 512}),
+               ("c", {"json": b"1" * 10241})]
+    shard = TarShard(tmp_path, "train-000000")
+    for key, files in samples:
+        shard.write(key, files)
+    (part,) = shard.close()
+    reference, offsets = io.BytesIO(), []
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, files in samples:
+            offsets.append(tar.offset)
+            for ext in sorted(files):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = (
+                    len(files[ext]), 0o444, 0, 0, 0, "", "")
+                tar.addfile(info, io.BytesIO(files[ext]))
+    assert (tmp_path / "train-000000.tar").read_bytes() == reference.getvalue()
+    assert part.offsets == offsets and part.bytes == len(reference.getvalue()) and part.samples == 3
+    assert not list(tmp_path.glob(".*"))  # no temporary file left

@@ -15,7 +15,7 @@ def camvid(tmp_path_factory, ray_cluster):
     root = shared_data("camvid")
     out = tmp_path_factory.mktemp("camvid") / "ds"
     run_cli("prepare", "folder", "--images", root / "val", "--masks", root / "valannot", "--classes", CAMVID,
-            "--ignore-index", "11", "--split", "val", "--out", out)
+            "--source-ignore", "11", "--split", "val", "--out", out)
     return out
 
 

@@ -1,15 +1,27 @@
-"""Cityscapes folders (leftImg8bit + gtFine labelIds) -> the 19 official train classes."""
+"""Cityscapes folders (leftImg8bit + gtFine labelIds) -> the 19 official train classes.
+
+Every labelId whose trainId is 255 (not one of the 19) becomes the chosen ignore index.
+"""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image
 
-from segdist.sources.common import IGNORE_INDEX, DataError, Sample, SkipSample, read_image
+from segdist.sources.common import (
+    DEFAULT_MAX_PIXELS,
+    IGNORE_INDEX,
+    DataError,
+    Sample,
+    SkipSample,
+    decoder_errors,
+    label_dtype,
+    read_image,
+    read_mask,
+)
 
 # (name, labelId, trainId, colour) from cityscapesScripts' labels.py; trainId 255 = ignored.
 LABELS: tuple[tuple[str, int, int, tuple[int, int, int]], ...] = (
@@ -53,11 +65,12 @@ CLASSES = [name for _, name, _ in TRAIN_LABELS]
 PALETTE = [list(colour) for _, _, colour in TRAIN_LABELS]
 
 
-def label_id_to_train_id() -> np.ndarray:
-    """256-entry lookup table: labelId -> trainId, everything else -> ignore."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+def label_id_to_train_id(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """256-entry lookup table: labelId -> trainId, everything else -> the ignore index."""
+    lut = np.full(256, ignore_index, dtype=label_dtype(len(CLASSES), ignore_index))
     for _, label_id, train_id, _ in LABELS:
-        lut[label_id] = train_id
+        if train_id != 255:
+            lut[label_id] = train_id
     return lut
 
 
@@ -71,6 +84,8 @@ class CityscapesSpec:
 @dataclass(frozen=True)
 class CityscapesOptions:
     image_format: str = "png"  # "png" keeps the original bytes; "jpeg" transcodes
+    ignore_index: int = IGNORE_INDEX
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def build_specs(root: Path, split: str) -> list[CityscapesSpec]:
@@ -88,23 +103,21 @@ def build_specs(root: Path, split: str) -> list[CityscapesSpec]:
 
 def convert(spec: CityscapesSpec, opts: CityscapesOptions) -> Sample:
     """Worker side: read the frame and map its labelIds to trainIds."""
-    image = read_image(Path(spec.image_path))
-    try:
-        with Image.open(spec.label_path) as img:
-            label_ids = np.asarray(img)
-    except FileNotFoundError:
-        raise SkipSample("missing_label", f"{spec.label_path} does not exist") from None
-    except OSError as exc:
-        raise SkipSample("corrupt_label", f"{spec.label_path}: {exc}") from None
-    if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
-        raise SkipSample("bad_label", f"{spec.label_path} is not a single-channel 8-bit labelIds map")
+    image = read_image(Path(spec.image_path), max_pixels=opts.max_pixels)
+    mask = read_mask(Path(spec.label_path), opts.max_pixels, kind="label")
+    label_ids = mask.values
+    if mask.mode not in ("L", "P"):
+        raise SkipSample("bad_label", f"{spec.label_path} is a PIL mode {mask.mode} image, not a single-channel "
+                                      "8-bit labelIds map")
     if label_ids.shape != (image.height, image.width):
-        raise SkipSample("size_mismatch", f"{spec.label_path} is {label_ids.shape[::-1]}, image {image.width, image.height}")
+        height, width = label_ids.shape
+        raise SkipSample("size_mismatch",
+                         f"{spec.label_path} is {width}x{height}, its image {image.width}x{image.height}")
     data, ext = image.data, image.ext
     if opts.image_format == "jpeg":
-        buf = io.BytesIO()
-        Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=95)
-        data, ext = buf.getvalue(), "jpg"
-    label = label_id_to_train_id()[label_ids]
+        with decoder_errors("corrupt_image", spec.image_path):
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            data, ext = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), "jpg"
+    label = label_id_to_train_id(opts.ignore_index)[label_ids]
     meta = {"source": "cityscapes", "id": spec.key, "file": Path(spec.image_path).name}
     return Sample(spec.key, data, ext, image.mean, image.std, label, meta)

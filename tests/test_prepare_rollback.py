@@ -1,0 +1,122 @@
+"""A run-stopping error met by a Ray task leaves the output directory exactly as it was before the run."""
+
+import json
+from contextlib import closing
+
+import numpy as np
+import pytest
+from helpers import manifest
+from PIL import Image
+
+N, SHARD = 12, 3  # four shards; the bad mask is the last input of the third
+BAD = 8
+
+
+def _folder(root, bad: str, bad_index: int = BAD):
+    (root / "img").mkdir(parents=True)
+    (root / "mask").mkdir()
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+    for i in range(N):
+        Image.new("RGB", (12, 8), (i, i, i)).save(root / "img" / f"f{i:02d}.png")
+        mask = np.zeros((8, 12), np.uint8)
+        mask[:2, :4] = 1 + i % 2
+        if bad == "values":
+            if i == bad_index:
+                mask[5, 5] = 9
+            Image.fromarray(mask).save(root / "mask" / f"f{i:02d}.png")
+        else:
+            rgb = np.asarray(palette, np.uint8)[mask]
+            if i == bad_index:
+                rgb[5, 5] = (1, 2, 3)
+            Image.fromarray(rgb).save(root / "mask" / f"f{i:02d}.png")
+    (root / "palette.json").write_text(json.dumps(palette))
+    args = ["folder", "--images", root / "img", "--masks", root / "mask", "--classes", "a,b,c",
+            "--shard-size", SHARD, "--workers", 1]
+    return args + (["--palette", root / "palette.json"] if bad == "colours" else [])
+
+
+def _snapshot(path):
+    """Every file under `path` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def shard_records(monkeypatch):
+    """The shard records the driver received, in order (proves shards were written before the failure)."""
+    from segdist import shards
+
+    real, seen = shards.run_tasks, []
+
+    def spy(*args, **kwargs):
+        with closing(real(*args, **kwargs)) as results:  # closed: its tasks are cancelled and waited for
+            for task, record in results:
+                seen.append(record)
+                yield task, record
+
+    monkeypatch.setattr(shards, "run_tasks", spy)
+    return seen
+
+
+MESSAGES = {
+    "values": ("f08.png: mask values [9] are outside the class range 0..2",
+               "(map them with --source-ignore K or --unknown-to-ignore)"),
+    "colours": ("f08.png: colours ['#010203'] are not in the palette",
+                "(add them to --palette or pass --unknown-to-ignore)"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(MESSAGES))
+def test_an_error_in_the_third_shard_leaves_a_fresh_directory_absent(tmp_path, prepare, capsys, shard_records, bad):
+    args = _folder(tmp_path, bad)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        prepare(*args, "--out", out)
+    err = capsys.readouterr().err
+    assert all(part in err for part in MESSAGES[bad]), err
+    assert any(r.get("parts") for r in shard_records), "a shard must have been written before the error"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", sorted(MESSAGES))
+def test_an_error_in_the_third_shard_leaves_another_split_and_the_manifest_untouched(
+        tmp_path, prepare, capsys, shard_records, bad):
+    args = _folder(tmp_path, bad)
+    out = tmp_path / "out"
+    prepare(*args, "--out", out, "--split", "val", "--unknown-to-ignore")
+    before = _snapshot(out)
+    assert "dataset.json" in before and "val-000000.tar" in before
+    shard_records.clear()
+    with pytest.raises(SystemExit):
+        prepare(*args, "--out", out, "--split", "train")
+    err = capsys.readouterr().err
+    assert all(part in err for part in MESSAGES[bad]), err
+    assert any(r.get("parts") for r in shard_records)
+    assert _snapshot(out) == before
+    # the fixing option then works, and the other split is still there
+    prepare(*args, "--out", out, "--split", "train", "--unknown-to-ignore")
+    assert set(manifest(out)["splits"]) == {"train", "val"}
+
+
+def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path, prepare, capsys, monkeypatch):
+    from segdist import shards
+
+    args = _folder(tmp_path, "values", bad_index=N - 1)  # in the last shard: the rerun writes shards before it
+    out = tmp_path / "out"
+    real = shards.run_tasks
+
+    def interrupted(*a, **kw):
+        with closing(real(*a, **kw)) as results:
+            for result in results:
+                yield result
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "run_tasks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(*args, "--out", out)
+    before = _snapshot(out)
+    assert any(name.endswith("-000000.tar") for name in before)  # the interrupted run finished shard 0
+    monkeypatch.setattr(shards, "run_tasks", real)
+    with pytest.raises(SystemExit):
+        prepare(*args, "--out", out)
+    assert "f11.png: mask values [9]" in capsys.readouterr().err
+    assert _snapshot(out) == before
