@@ -182,29 +182,32 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    import webdataset as wds
-
-    from segdist.images import decode_label, decode_rgb
-    from segdist.manifest import read_manifest, shard_paths
+    from segdist.augment import CorruptSample, decode
+    from segdist.data import load_dataset_info
+    from segdist.tarstream import Reader, ShardRange, Skips, range_samples
     from segdist.viz import colorize, overlay, panel, save_png
 
-    shard_dir = Path(args.dir)
-    manifest = read_manifest(shard_dir)
-    urls = [str(p) for p in shard_paths(shard_dir, manifest, args.split)]
+    info = load_dataset_info(args.dir)  # a directory or a URL prefix, as for training
+    urls, records = info.shards(args.split)
+    ranges = [ShardRange(url, 0, record["samples"]) for url, record in zip(urls, records)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+    written, skips = 0, Skips()
+    for sample in range_samples(ranges, skips, Reader()):
         if written >= args.n:
             break
-        rgb = decode_rgb(sample.get("jpg") or sample.get("png"))  # the stored pixel grid, as the label
-        label = decode_label(sample["seg.png"])
-        if rgb is None or label is None:
-            raise DataError(f"{sample['__url__']}: sample '{sample['__key__']}' does not decode")
-        colour = colorize(label, manifest["palette"], manifest["ignore_index"])
+        if isinstance(sample, int):  # a shard broke off: `sample` samples could not be read
+            continue
+        try:
+            rgb, label = decode(sample)  # the stored pixel grid, as the label
+        except CorruptSample as exc:
+            raise DataError(str(exc)) from None
+        colour = colorize(label, info.palette, info.ignore_index)
         save_png(panel(rgb, colour, overlay(rgb, colour, label)), out / f"{sample['__key__']}.png")
         written += 1
-    print(f"wrote {written} image | mask | overlay panels to {out}")
+    unread = skips.take()
+    print(f"wrote {written} image | mask | overlay panels to {out}"
+          + (f" (could not read: {unread['skipped']})" if unread["skipped"] else ""))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
