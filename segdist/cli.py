@@ -262,14 +262,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     with errors_reported_once():
         evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, workers=args.workers, tensorboard=args.tensorboard,
-                 **_inference_options(args))
+                 output_format=args.format, results_dir=args.out, **_inference_options(args))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from segdist.predict import predict
 
     predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-            workers=args.workers, **_inference_options(args))
+            workers=args.workers, output_format=args.format, **_inference_options(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -427,11 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", default=None, help="dataset directory (default: the run's data.shards)")
     p.add_argument("--batch-size", type=int, default=None, help="per process (default: the run's data.val_batch_size)")
     p.add_argument("--tensorboard", action="store_true", help="also log figures and charts to the run's TensorBoard")
+    p.add_argument("--format", choices=["segdist", "cityscapes"], default="segdist",
+                   help="cityscapes: also write every prediction as a Cityscapes labelIds PNG into --out "
+                        "(for cityscapesScripts' evalPixelLevelSemanticLabeling)")
+    p.add_argument("--out", default=None, help="folder for --format cityscapes predictions")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[run, infer], help="class-id, colour and overlay images for image files")
     p.add_argument("--input", required=True, help="an image file, a folder, or a glob (quote it)")
-    p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/)")
+    p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/, or the labelIds PNGs)")
+    p.add_argument("--format", choices=["segdist", "cityscapes"], default="segdist",
+                   help="segdist: index/, color/, overlay/; cityscapes: labelIds PNGs named "
+                        "<city>_<seq>_<frame>_leftImg8bit.png for the benchmark server")
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=cmd_predict)
 

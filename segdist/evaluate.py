@@ -4,7 +4,9 @@ Every process reads its share of the split (`eval_loader`: each sample exactly o
 the world size, batch size or shard layout), predicts at the label's resolution and adds to
 its own C x C confusion matrix; the matrices are summed across processes once at the end and
 every figure comes from that one matrix. Only the main process writes, under
-`runs/NAME/eval/<split>/`: metrics.json, confusion.png and per_class_iou.png.
+`runs/NAME/eval/<split>/`: metrics.json, confusion.png and per_class_iou.png. With
+`output_format="cityscapes"` every process also writes each prediction it scores as a Cityscapes
+labelIds PNG into `results_dir` (see cityscapes_results), for cityscapesScripts' evaluator.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segdist.data import eval_loader, load_dataset_info
+from segdist.cityscapes_results import ResultWriter, check_cityscapes_dataset, check_format, stray_results
+from segdist.data import DatasetInfo, eval_loader, load_dataset_info
 from segdist.distributed import agree, make_accelerator
 from segdist.inference import NO_TTA, TTA, check_mode
 from segdist.manifest import write_json_atomic
@@ -35,12 +38,17 @@ NAN_NOTE = (
 def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None = None,
              shards: str | Path | None = None, mode: str = "whole", crop: Sequence[int] | None = None,
              stride: Sequence[int] | None = None, tta: TTA = NO_TTA, batch_size: int | None = None,
-             workers: int | None = None, tensorboard: bool = False) -> dict:
+             workers: int | None = None, tensorboard: bool = False, output_format: str = "segdist",
+             results_dir: str | Path | None = None) -> dict:
     """Evaluate `run_dir`'s checkpoint on `split` of `shards` (default: the run's val split and shards).
 
     Returns the report written to metrics.json (on every process; only the main one writes it).
+    `output_format="cityscapes"` also writes the predictions as Cityscapes labelIds PNGs into `results_dir`.
     """
     check_mode(mode, crop, stride)
+    check_format(output_format)
+    if (output_format == "cityscapes") != (results_dir is not None):
+        raise DataError("--format cityscapes and --out DIR go together: DIR receives the labelIds PNGs")
     run = load_run(run_dir, checkpoint)
     accelerator = make_accelerator(timeout_s=run.config.train.collective_timeout)  # precision: see score()
     split = split or run.config.data.val_split
@@ -49,6 +57,7 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
         raise DataError(f"{info.root} has classes {info.classes} (ignore {info.ignore_index}) but the run was "
                         f"trained on {run.classes} (ignore {run.ignore_index})")
     expected = info.split(split)["samples"]
+    writer = result_writer(info, split, results_dir) if output_format == "cityscapes" else None
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     precision = run.config.train.mixed_precision
@@ -61,15 +70,19 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
             tqdm(total=math.ceil(expected / world), disable=not main, desc=f"evaluate {split}", unit="img",
                  dynamic_ncols=True) as bar:
         scored = score(run.model.to(device), loader, run.normalizer().to(device), metrics, device=device,
-                       precision=precision, mode=mode, crop=crop, stride=stride, tta=tta, progress=bar.update)
+                       precision=precision, mode=mode, crop=crop, stride=stride, tta=tta, progress=bar.update,
+                       on_prediction=writer)
     confusion = metrics.confusion()  # collective: sums every process's matrix
-    samples, unreadable = (int(v) for v in agree(accelerator, scored.samples, len(scored.unreadable)))
+    samples, unreadable, written, unnamed = (int(v) for v in agree(
+        accelerator, scored.samples, len(scored.unreadable), writer.written if writer else 0,
+        len(writer.unnamed) if writer else 0))
     report = {
         "run": str(run.dir), "checkpoint": str(run.checkpoint), "checkpoint_step": run.step,
         "split": split, "shards": str(info.root), "samples": samples, "unreadable_samples": unreadable,
         "unreadable_examples": [list(u) for u in scored.unreadable[:20]], "world_size": world,
         "batch_size": batch_size, "eval_size": run.eval_size, "mode": mode, "precision": precision,
         "crop": list(crop) if crop else None, "stride": list(stride) if stride else None, "tta": str(tta),
+        "output_format": output_format, "results": str(writer.out) if writer else None,
         **with_class_accuracy(metrics_from_confusion(confusion, run.classes)),
         "note": NAN_NOTE,
     }
@@ -86,8 +99,29 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
               f"wrote {out}/metrics.json, confusion.png, per_class_iou.png")
         if tensorboard:
             log_to_tensorboard(run, report, out)
+        if writer:
+            report_results(writer, written, unnamed)
     accelerator.wait_for_everyone()
     return report
+
+
+def result_writer(info: DatasetInfo, split: str, out: str | Path) -> ResultWriter:
+    """The Cityscapes result writer of this process, once the dataset is known to be Cityscapes'."""
+    check_cityscapes_dataset(info.manifest, f"{info.root}/dataset.json", split)
+    return ResultWriter(Path(out))
+
+
+def report_results(writer: ResultWriter, written: int, unnamed: int) -> None:
+    """Where the Cityscapes results went, and what would keep the official evaluator from reading them."""
+    print(f"wrote {written} Cityscapes labelIds prediction(s) to {writer.out} (all processes)")
+    if unnamed:
+        print(f"segdist: WARNING: {unnamed} sample key(s) name no Cityscapes frame <city>_<seq>_<frame> and were "
+              f"not written, e.g. {writer.unnamed[:3]}", file=sys.stderr)
+    stray = stray_results(writer.out, written)
+    if stray:
+        print(f"segdist: WARNING: {writer.out} holds {stray} other PNG file(s); cityscapesScripts matches predictions "
+              "by <city>_<seq>_<frame>*.png anywhere below it and stops at a duplicate: use an empty folder",
+              file=sys.stderr)
 
 
 def with_class_accuracy(figures: dict) -> dict:

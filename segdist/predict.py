@@ -1,7 +1,9 @@
 """`segdist predict`: class-id, colour and overlay images for image files, each at its file's own size.
 
 For every readable input `OUT/index/<stem>.png` (class ids), `OUT/color/<stem>.png` (the
-dataset palette) and `OUT/overlay/<stem>.jpg`. Images are read by DataLoader workers and
+dataset palette) and `OUT/overlay/<stem>.jpg`; with `output_format="cityscapes"` instead one
+Cityscapes labelIds PNG `OUT/<city>_<seq>_<frame>_leftImg8bit.png` for the benchmark's test
+server (see cityscapes_results). Images are read by DataLoader workers and
 predicted in batches (equal sizes share a forward pass) on the GPU when there is one.
 Unreadable files are skipped, listed at the end, and never stop the others.
 """
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from segdist.augment import eval_transform
+from segdist.cityscapes_results import check_cityscapes_dataset, check_format, result_name, write_label_ids
 from segdist.images import decode_rgb
 from segdist.inference import NO_TTA, TTA, check_mode, infer_each, labels_at
 from segdist.runs import Run, load_run
@@ -88,15 +91,22 @@ def find_images(spec: str) -> list[Path]:
 
 def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: str = "best", mode: str = "whole",
             crop: Sequence[int] | None = None, stride: Sequence[int] | None = None, tta: TTA = NO_TTA,
-            batch_size: int = 4, workers: int | None = None) -> dict:
+            batch_size: int = 4, workers: int | None = None, output_format: str = "segdist") -> dict:
     """Predict every image `inputs` names; returns {"written": [paths], "skipped": [(path, reason)]}."""
     check_mode(mode, crop, stride)
+    check_format(output_format)
     files = find_images(inputs)
+    inputs_found = len(files)
     run = load_run(run_dir, checkpoint)
+    unnamed = []  # (path, reason) of inputs the Cityscapes format cannot name
+    if output_format == "cityscapes":
+        check_cityscapes_dataset(run.manifest, run.dir / "dataset.json")
+        files, unnamed = cityscapes_inputs(files)
+    write = WRITERS[output_format]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, normalize = run.model.to(device), run.normalizer().to(device)
     out = Path(out)
-    for folder in ("index", "color", "overlay"):
+    for folder in OUTPUT_FOLDERS[output_format]:
         (out / folder).mkdir(parents=True, exist_ok=True)
     workers = run.config.data.workers if workers is None else workers
     written, skipped = [], []
@@ -114,15 +124,30 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
                 probs_list = infer_each(model, images, mode, crop=crop, stride=stride, tta=tta)
             for item, probs in zip(readable, probs_list):
                 labels = labels_at(probs, item.rgb.shape[:2]).cpu().numpy()
-                write_prediction(item, labels, run, out)
+                write(item, labels, run, out)
                 written.append(str(item.path))
             bar.update(len(batch))
-    print(f"wrote {len(written)} prediction(s) to {out}/index (class ids), {out}/color, {out}/overlay")
+    print(f"wrote {len(written)} prediction(s) to " + WHERE[output_format].format(out=out))
+    if unnamed:
+        print(f"skipped {len(unnamed)} file(s) whose name holds no Cityscapes frame <city>_<seq>_<frame>:\n"
+              + "\n".join(f"  {p}" for p, _ in unnamed))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):\n" + "\n".join(f"  {p}: {why}" for p, why in skipped))
     if not written:
-        raise DataError(f"none of the {len(files)} input file(s) could be read")
-    return {"written": written, "skipped": skipped}
+        raise DataError(f"none of the {inputs_found} input file(s) could be read")
+    return {"written": written, "skipped": unnamed + skipped}
+
+
+def cityscapes_inputs(files: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The inputs that name a Cityscapes frame, and the others as (path, reason); two for one frame is an error."""
+    named = [path for path in files if result_name(path.stem)]
+    clashes = [name for name, n in Counter(result_name(p.stem) for p in named).items() if n > 1]
+    if clashes:
+        raise DataError(f"several inputs name the same Cityscapes frame(s) {clashes[:5]}; the benchmark takes one "
+                        "prediction per frame")
+    unnamed = [(str(p), "its name holds no Cityscapes frame <city>_<seq>_<frame>") for p in files
+               if not result_name(p.stem)]
+    return named, unnamed
 
 
 def write_prediction(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> None:
@@ -132,3 +157,14 @@ def write_prediction(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> N
     save_png(labels, out / "index" / f"{item.path.stem}.png")
     save_png(colour, out / "color" / f"{item.path.stem}.png")
     save_jpeg(overlay(item.rgb, colour, labels), out / "overlay" / f"{item.path.stem}.jpg")
+
+
+def write_cityscapes(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> None:  # noqa: ARG001
+    """The benchmark's labelIds PNG, named after the input's frame."""
+    write_label_ids(labels, out / result_name(item.path.stem))
+
+
+WRITERS = {"segdist": write_prediction, "cityscapes": write_cityscapes}
+OUTPUT_FOLDERS = {"segdist": ("index", "color", "overlay"), "cityscapes": ("",)}
+WHERE = {"segdist": "{out}/index (class ids), {out}/color, {out}/overlay",
+         "cityscapes": "{out} (Cityscapes labelIds, for the benchmark)"}

@@ -38,8 +38,13 @@ def autocast(device: torch.device, precision: str):  # noqa: ANN201
 @torch.no_grad()
 def score(model: torch.nn.Module, loader, normalize: torch.nn.Module, metrics: SegmentationMetrics, *,  # noqa: ANN001
           device: torch.device, precision: str = "no", mode: str = "whole", crop=None, stride=None,  # noqa: ANN001
-          tta: TTA = NO_TTA, keep_examples: int = 0, progress: Callable[[int], None] | None = None) -> Scored:
-    """Add this process's share of the split to `metrics`; `model` must be in eval mode."""
+          tta: TTA = NO_TTA, keep_examples: int = 0, progress: Callable[[int], None] | None = None,
+          on_prediction: Callable[[str, torch.Tensor], None] | None = None) -> Scored:
+    """Add this process's share of the split to `metrics`; `model` must be in eval mode.
+
+    `on_prediction(key, classes)`, when given, receives every scored sample's predicted class ids
+    (H x W at the label's resolution, on `device`), e.g. to write them in a benchmark's format.
+    """
     result = Scored()
     for batch in loader:
         result.unreadable += batch["unreadable"]
@@ -54,6 +59,8 @@ def score(model: torch.nn.Module, loader, normalize: torch.nn.Module, metrics: S
             label = label.to(device, non_blocking=True).long()
             pred = labels_at(p.float(), label.shape)
             metrics.update(pred[None], label[None])
+            if on_prediction is not None:
+                on_prediction(batch["keys"][i], pred)
             if len(result.examples) < keep_examples:
                 h, w = batch["sizes"][i]
                 result.examples.append((batch["images"][i, :, :h, :w], label.cpu(), pred.cpu()))
