@@ -177,7 +177,7 @@ def _publish(accelerator, final: Path, state: dict, write: Callable[[Path], None
     if any_rank(accelerator, error is not None):  # doubles as the barrier save_state lacks
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = f"{type(error).__name__}: {error}" if error else "another rank failed to write its part"
+        reason = _first_reason(accelerator, f"{type(error).__name__}: {error}" if error else None)
         raise CheckpointError(f"could not write checkpoint {final}: {reason}; the previous checkpoints are intact")
     faults.hit("kill_in_checkpoint")
     if main:
@@ -187,6 +187,16 @@ def _publish(accelerator, final: Path, state: dict, write: Callable[[Path], None
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _first_reason(accelerator, mine: str | None) -> str:  # noqa: ANN001
+    """The first failing rank's error, known on every rank (whichever rank prints it, it names the cause)."""
+    reasons = [mine]
+    if accelerator.num_processes > 1:
+        reasons = [None] * accelerator.num_processes
+        torch.distributed.all_gather_object(reasons, mine)
+    rank, reason = next((r, text) for r, text in enumerate(reasons) if text)
+    return reason if accelerator.num_processes == 1 else f"rank {rank}: {reason}"
 
 
 def _mark_complete(tmp: Path, ranks: int) -> None:
