@@ -96,30 +96,28 @@ def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a 
                 s.optimizer.step()
                 s.optimizer.zero_grad(set_to_none=True)
     step = (time.perf_counter() - start) / steps
+    folder = s.run_dir / ".calibrate.tmp"  # overlays and a checkpoint written for their time only
+    checkpoint = _checkpoint_cost(s, folder)  # before the restore: with the optimizer's moments, as in training
     model, optimizer_state, torch_rng, numpy_rng, python_rng = saved
     accelerator.unwrap_model(s.model).load_state_dict(model)
     s.optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(torch_rng), np.random.set_state(numpy_rng), random.setstate(python_rng)
-    validation = _validation_cost(s)
-    folder = s.run_dir / ".calibrate.tmp"  # a checkpoint written for its time only
-    start = time.perf_counter()
-    accelerator.save_state(str(folder))
-    agree(accelerator, 0.0)
-    checkpoint = time.perf_counter() - start
+    validation = _validation_cost(s, folder)
     if accelerator.is_main_process:
         shutil.rmtree(folder, ignore_errors=True)
     world = accelerator.num_processes
     return Costs(*(v / world for v in agree(accelerator, step, validation, checkpoint)))
 
 
-def _validation_cost(s, batches: int = 3) -> float:  # noqa: ANN001
-    """Seconds for a whole validation, from the time of the first few batches of this rank's share."""
+def _validation_cost(s, folder, batches: int = 3) -> float:  # noqa: ANN001
+    """Seconds for a whole validation: the first few batches of this rank's share, extrapolated, and its figures."""
     import itertools
     import time
 
     from segdist.data import eval_loader
     from segdist.metrics import SegmentationMetrics
     from segdist.scoring import score
+    from segdist.train import write_overlays
 
     accelerator, cfg = s.accelerator, s.cfg
     net = accelerator.unwrap_model(s.model).eval()
@@ -128,11 +126,28 @@ def _validation_cost(s, batches: int = 3) -> float:  # noqa: ANN001
     with eval_loader(cfg.data, s.info, cfg.data.val_split, rank=accelerator.process_index,
                      world_size=accelerator.num_processes, size=cfg.data.val_size) as loader:
         scored = score(net, itertools.islice(loader, batches), s.normalize, metrics, device=accelerator.device,
-                       precision=cfg.train.mixed_precision)
+                       precision=cfg.train.mixed_precision, keep_examples=cfg.train.log_images if s.main else 0)
     net.train()
-    elapsed = time.perf_counter() - start
     share = math.ceil(s.info.split(cfg.data.val_split)["samples"] / accelerator.num_processes)
-    return elapsed / max(scored.samples, 1) * share
+    scoring = (time.perf_counter() - start) / max(scored.samples, 1) * share
+    start = time.perf_counter()
+    if s.main:  # the overlay panels every validation renders and writes
+        write_overlays(s, scored.examples, folder / "val_overlays")
+    return scoring + time.perf_counter() - start
+
+
+def _checkpoint_cost(s, folder) -> float:  # noqa: ANN001
+    """Seconds to write one complete step checkpoint, through the same code as training's."""
+    import time
+
+    from segdist import checkpoints
+    from segdist.distributed import agree
+
+    start = time.perf_counter()
+    checkpoints.nonfinite_weights(s.accelerator.unwrap_model(s.model))
+    checkpoints.save_training_state(s.accelerator, folder, s.state, s.ema)
+    agree(s.accelerator, 0.0)
+    return time.perf_counter() - start
 
 
 def plan_steps(s, started: float) -> int:  # noqa: ANN001

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -76,6 +77,17 @@ def check_world_size(accelerator) -> None:  # noqa: ANN001
               f"{world}.\n`accelerate launch --cpu` runs ONE process; for several CPU processes use "
               f"`--multi_gpu` (segdist forms a gloo group without CUDA), as launch/cpu-2proc.yaml does.\n"
               f"{'!' * 78}\n", file=sys.stderr, flush=True)
+
+
+def print_line(text: str, file: TextIO | None = None) -> None:
+    """Print `text` and its newline in one write, so lines of several ranks sharing a pipe never interleave.
+
+    print() writes the text and the end separately; unbuffered (PYTHONUNBUFFERED, SLURM logs) two
+    ranks' lines can then end up joined on one line.
+    """
+    stream = file or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def agree(accelerator, *values: float | torch.Tensor) -> list[float]:  # noqa: ANN001
@@ -174,5 +186,5 @@ def errors_reported_once() -> Iterator[None]:
         if first_to_report():
             if not isinstance(exc, DataError) and not is_collective_failure(exc):
                 traceback.print_exc()
-            print(message, file=sys.stderr, flush=True)
+            print_line(message, file=sys.stderr)
         raise SystemExit(2 if isinstance(exc, DataError) else 1) from None

@@ -44,8 +44,9 @@ def hit(point: str) -> None:
     """Raise (or kill the process) if the fault `point` is injected here and now."""
     if not armed(point):
         return
-    print(f"segdist: injected fault '{point}' at step {_step} (SEGDIST_FAULT) at {time.time():.3f}",
-          file=sys.stderr, flush=True)
+    from segdist.distributed import print_line
+
+    print_line(f"segdist: injected fault '{point}' at step {_step} (SEGDIST_FAULT) at {time.time():.3f}", sys.stderr)
     if point.startswith("kill"):
         os.kill(os.getpid(), signal.SIGKILL)
     if point == "sigusr1":

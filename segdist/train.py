@@ -26,7 +26,7 @@ from segdist import checkpoints, faults, tracking
 from segdist.config import Config, save_config
 from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization,
                           steps_per_epoch)
-from segdist.distributed import agree, broadcast_buffers, make_accelerator
+from segdist.distributed import agree, broadcast_buffers, make_accelerator, print_line
 from segdist.ema import make_ema
 from segdist.manifest import write_json_atomic
 from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
@@ -272,7 +272,7 @@ def note_unread(s: Session, unread: dict) -> None:
     s.pending_retries += unread["retries"]
     for url, why in unread["unavailable"].items():
         if url not in s.unavailable:
-            print(f"segdist: WARNING: [rank {s.accelerator.process_index}] skipped shard {url}: {why}", flush=True)
+            print_line(f"segdist: WARNING: [rank {s.accelerator.process_index}] skipped shard {url}: {why}")
         s.unavailable[url] = why
 
 
@@ -416,12 +416,17 @@ def validate(s: Session) -> dict:
 
 def log_overlays(s: Session, examples: list) -> None:
     """Input | ground truth | prediction panels for the first validation images (trackers and PNG)."""
+    images = write_overlays(s, examples, s.run_dir / "val_overlays")
+    tracking.log_images(s.accelerator, images, s.state["update"])
+
+
+def write_overlays(s: Session, examples: list, out: Path) -> dict[str, Any]:
+    """Render the panels of `examples` and write them as `out/<i>.png`; returns them by tracker tag."""
     import cv2
 
     from segdist.viz import colorize, overlay, panel, save_png
 
-    out = s.run_dir / "val_overlays"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     images = {}
     for i, (image, label, pred) in enumerate(examples):
         rgb = image.numpy().transpose(1, 2, 0)
@@ -431,7 +436,7 @@ def log_overlays(s: Session, examples: list) -> None:
         gt_c, pr_c = colorize(gt, s.info.palette, s.info.ignore_index), colorize(pr, s.info.palette, s.info.ignore_index)
         images[f"val/overlay_{i}"] = panel(rgb, overlay(rgb, gt_c, gt), overlay(rgb, pr_c, pr))
         save_png(images[f"val/overlay_{i}"], out / f"{i}.png")
-    tracking.log_images(s.accelerator, images, s.state["update"])
+    return images
 
 
 def save_checkpoint(s: Session) -> None:
@@ -470,8 +475,9 @@ def finish(s: Session, stop: str) -> dict:
           f"{s.state['best_step']}; run dir {s.run_dir} (TensorBoard: tensorboard --logdir {s.run_dir / 'tb'})")
     # One line per process: lets anyone check that all ranks ran the same steps and hold the same weights.
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    print(f"[rank {s.accelerator.process_index}/{s.accelerator.num_processes}] node={node} batches={s.state['batch']} "
-          f"steps={s.state['update']} weights={weights_digest(s.accelerator.unwrap_model(s.model))}", flush=True)
+    print_line(f"[rank {s.accelerator.process_index}/{s.accelerator.num_processes}] node={node} "
+               f"batches={s.state['batch']} steps={s.state['update']} "
+               f"weights={weights_digest(s.accelerator.unwrap_model(s.model))}")
     s.accelerator.wait_for_everyone()
     s.accelerator.end_training()
     if stop == "nonfinite":
