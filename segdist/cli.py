@@ -147,11 +147,17 @@ def prepare_job(args: argparse.Namespace) -> PrepareJob:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from segdist import storage
     from segdist.shards import write_dataset
+    from segdist.upload import prepare_to_store
 
     job = prepare_job(args)
-    out = Path(args.out)
-    manifest = write_dataset(out, job, workers=args.workers, address=args.address, overwrite=args.overwrite)
+    out = args.out if not storage.is_local(args.out) else Path(args.out)
+    options = {"workers": args.workers, "address": args.address, "overwrite": args.overwrite}
+    if isinstance(out, Path):
+        manifest = write_dataset(out, job, **options)
+    else:
+        manifest = prepare_to_store(out, job, work_dir=args.work_dir, **options)
     print(f"\nprepared {out} ({len(job.classes)} classes, ignore index {job.ignore_index})")
     for split in job.splits:
         rec = manifest["splits"][split]
@@ -296,7 +302,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
               str(raw / "annotations" / f"instances_{split}.json"), "--split", split, *common])
     manifest = read_manifest(shards)
     print("\n" + stats_table(manifest, "train"))
-    print(f"\n[3/3] accelerate launch: 2 CPU processes (gloo) train configs/demo.yaml")
+    print("\n[3/3] accelerate launch: 2 CPU processes (gloo) train configs/demo.yaml")
     run = Path("runs/demo")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/cpu-2proc.yaml",
            "-m", "segdist", "train", "--config", "configs/demo.yaml", f"data.shards={shards}",
@@ -338,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="convert a dataset into WebDataset shards with Ray")
     src = p.add_subparsers(dest="source", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="dataset directory, e.g. shards/NAME")
+    common.add_argument("--out", required=True, help="dataset directory, e.g. shards/NAME, or s3://BUCKET/PREFIX")
+    common.add_argument("--work-dir", default=None,
+                        help="with an s3:// --out: where shards are converted before upload (default "
+                             "~/.cache/segdist/prepare/<hash>; shared by every Ray node)")
     common.add_argument("--workers", type=int, default=None, help="Ray tasks at once (default: all cores)")
     common.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
     common.add_argument("--shard-size", type=int, default=256, help="samples per shard")

@@ -157,7 +157,7 @@ def _kill_rank_when_logged(proc: subprocess.Popen, run, step: int, rank: int, ta
 def test_kill_9_of_one_rank_ends_the_job_names_the_rank_and_resume_reaches_the_same_weights(
         shards, tmp_path, machines):
     common = ["train.max_steps=12", "data.epoch_samples=32", "train.checkpoint_every=2", "train.keep_last=10",
-              "train.collective_timeout=30"]
+              "train.collective_timeout=20"]
     name = f"kill{machines}"
     procs = _start(machines, train_cmd(shards, tmp_path, *common, f"train.name={name}", launch=[]))
     killed_at = _kill_rank_when_logged(procs[0], tmp_path / name, step=5, rank=1, tag=f"train.name={name}")

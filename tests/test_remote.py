@@ -97,3 +97,36 @@ def test_s3_with_a_local_cache_and_faults(local_shards, s3_bucket, s3_proxy, tmp
     downloaded = {r.path for r in gets}
     assert len(gets) == len(downloaded), "each shard is downloaded once per node, whatever the process count"
     assert _evaluate(tmp_path / "s3", prefix)["confusion"] == _evaluate(tmp_path / "s3", local_shards)["confusion"]
+
+
+def test_prepare_to_s3_uploads_the_manifest_last_and_resumes_an_interrupted_upload(local_shards, s3_bucket, s3_proxy,
+                                                                                    tmp_path, capsys):
+    from helpers import run_cli
+
+    from segdist import storage
+
+    raw, prefix = local_shards.parent / "raw", f"{s3_bucket}/prepared"
+    bucket = s3_bucket.removeprefix("s3://")
+    argv = ["prepare", "coco", "--images", raw / "train", "--annotations", raw / "annotations/instances_train.json",
+            "--classes", "person,bicycle,car", "--split", "train", "--out", prefix, "--shard-size", "5",
+            "--keep-empty", "--work-dir", tmp_path / "work"]
+    failing = f"/{bucket}/prepared/train-000002.tar"
+    s3_proxy.fail(failing, times=1000, status=503)
+    with pytest.raises(SystemExit):
+        run_cli(*argv)
+    assert "could not upload" in capsys.readouterr().err
+    assert "dataset.json" not in storage.list_names(prefix)  # nothing a reader would take for a dataset
+    s3_proxy.reset()
+    run_cli(*argv)  # resumes: uploads what is missing, converts nothing again
+    assert "already converted for these inputs" in capsys.readouterr().out
+    puts = [r.path for r in s3_proxy.log if r.method == "PUT" and r.status == 200]
+    assert puts == [failing, f"/{bucket}/prepared/dataset.json"]  # only the missing shard, the manifest last
+    assert not (tmp_path / "work").exists()
+    expected = json.loads((local_shards / "dataset.json").read_text())["splits"]["train"]
+    got = storage.read_json(storage.join(prefix, "dataset.json"))["splits"]["train"]
+    assert [p["name"] for p in got["shards"]] == [p["name"] for p in expected["shards"]]
+    for part in got["shards"]:  # every object whole: the bytes of the local prepare of the same inputs
+        assert storage.read_bytes(storage.join(prefix, part["name"])) == (local_shards / part["name"]).read_bytes()
+    with pytest.raises(SystemExit):  # as for a local --out
+        run_cli(*argv)
+    assert "already holds split 'train'" in capsys.readouterr().err

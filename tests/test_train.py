@@ -5,10 +5,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from helpers import REPO, SMALL, launcher, rank_lines, run_cli, run_train, synthetic_shards, train_log
-from safetensors.numpy import load_file
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +37,6 @@ def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
     assert len(list((run / "val_overlays").glob("*.png"))) >= 1
     assert (run / "checkpoints/step_00000005/model.safetensors").exists()
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
-
-
-@pytest.mark.slow
-def test_resume_is_exact(shards, tmp_path):
-    # dropout and a warmup that spans the interruption: RNG and scheduler state must both come back
-    common = ["model.decoder_dropout=0.2", "optim.scheduler=constant", "optim.warmup_steps=10",
-              "train.checkpoint_every=3", "data.epoch_samples=20", "train.val_every=100"]
-    run_train(shards, tmp_path, *common, "train.name=straight", "train.max_steps=8")
-    run_train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=4")
-    out = run_train(shards, tmp_path, *common, "train.name=resumed", "train.max_steps=8", resume=True)
-    assert "resumed from" in out and "step_00000004" in out
-    straight, resumed = train_log(tmp_path / "straight"), train_log(tmp_path / "resumed")
-    assert [e["step"] for e in resumed] == list(range(1, 9))
-    assert [e["loss"] for e in resumed] == [e["loss"] for e in straight]
-    assert [e["lr"] for e in resumed] == [e["lr"] for e in straight]
-    a = load_file(tmp_path / "straight/checkpoints/step_00000008/model.safetensors")
-    b = load_file(tmp_path / "resumed/checkpoints/step_00000008/model.safetensors")
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -98,7 +78,7 @@ def test_missing_or_empty_shard_directory(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+@pytest.mark.parametrize("signame", ["SIGTERM"])  # SIGUSR1: test_reliability's exact-resume matrix
 def test_stop_signal_checkpoints_and_exits_cleanly_then_resumes(shards, tmp_path, signame):
     """The signal goes to the whole process group, DataLoader workers included, as SLURM does."""
     import signal

@@ -46,9 +46,10 @@ def test_a_budget_sets_max_steps_that_fit_and_resume_keeps_them(shards, tmp_path
     assert f"-> {chosen} optimizer steps" in out and summary["steps"] == chosen >= 4
     assert summary["elapsed_s"] <= 60 * 1.15, summary  # calibration, training, validations and checkpoints
     # an interrupted budget run resumes to the same step count, with the same schedule
-    run_train(shards, tmp_path, *common, "train.name=c", env={"SEGDIST_FAULT": "sigusr1@3"})
+    shorter = [*common, "train.budget=25s"]
+    run_train(shards, tmp_path, *shorter, "train.name=c", env={"SEGDIST_FAULT": "sigusr1@3"})
     chosen_c = yaml.safe_load((tmp_path / "c/config.yaml").read_text())["train"]["max_steps"]
-    out = run_train(shards, tmp_path, *common, "train.name=c", resume=True)
+    out = run_train(shards, tmp_path, *shorter, "train.name=c", resume=True)
     assert "a step takes" not in out  # no second calibration: the step count comes from the checkpoint
     assert yaml.safe_load((tmp_path / "c/config.yaml").read_text())["train"]["max_steps"] == chosen_c
     assert json.loads((tmp_path / "c/summary.json").read_text())["steps"] == chosen_c
