@@ -36,6 +36,12 @@ class InMemory:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> InMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.close()
+
 
 segdist.data.train_loader = InMemory
 segdist.train.validate = lambda s: {"miou": 0.0, "per_class": {}}
