@@ -25,6 +25,7 @@ COMMON = {
     "--workers": ("1", False, ()),
     "--address": ("127.0.0.1:6379", False, ()),
     "--overwrite": (FLAG, False, ()),
+    "--work-dir": ("{root}/work", False, ()),  # where an s3:// --out is converted before upload
     "--shard-size": ("3", True, ()),
     "--shard-bytes": ("64KB", True, ()),
     "--ignore-index": ("200", True, ()),

@@ -114,7 +114,7 @@ def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path
     with pytest.raises(KeyboardInterrupt):
         prepare(*args, "--out", out)
     before = _snapshot(out)
-    assert any(name.endswith("-000000.tar") for name in before)  # the interrupted run finished shard 0
+    assert any(name.endswith(".tar") for name in before)  # the interrupted run finished one shard (any)
     monkeypatch.setattr(shards, "run_tasks", real)
     with pytest.raises(SystemExit):
         prepare(*args, "--out", out)

@@ -153,7 +153,9 @@ def _kill_rank_when_logged(proc: subprocess.Popen, run, step: int, rank: int, ta
     raise AssertionError(f"no process of rank {rank} found")
 
 
-@pytest.mark.parametrize("machines", [1, 2])
+# Two launchers, as on two nodes: the survivors must notice by themselves (socket or collective
+# timeout). With one launcher torchrun's agent also ends the others; the error paths below cover it.
+@pytest.mark.parametrize("machines", [2])
 def test_kill_9_of_one_rank_ends_the_job_names_the_rank_and_resume_reaches_the_same_weights(
         shards, tmp_path, machines):
     common = ["train.max_steps=12", "data.epoch_samples=32", "train.checkpoint_every=2", "train.keep_last=10",
