@@ -102,3 +102,50 @@ def test_class_balanced_sampling_repeats_rare_class_images(dataset):
 
     plain, balanced = car_share(False), car_share(True)
     assert plain < 0.2 and balanced > plain * 1.5
+
+
+@pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 2)])
+def test_each_evaluation_slot_reads_only_the_bytes_of_its_own_samples(dataset, world, workers):
+    import os
+
+    from segdist.tarstream import Reader, Skips, range_samples, slot_ranges
+
+    class CountingReader(Reader):
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def open(self, url, start, end, stats):
+            stream, reader = super().open(url, start, end, stats), self
+
+            class Counted:
+                def read(self, n=-1):
+                    data = stream.read(n)
+                    reader.bytes += len(data)
+                    return data
+
+                def __getattr__(self, name):
+                    return getattr(stream, name)
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    stream.close()
+
+            return Counted()
+
+    urls, records = dataset.shards("val")
+    total_bytes = sum(os.path.getsize(u) for u in urls)
+    slots = world * workers
+    read, samples = [], 0
+    for slot in range(slots):
+        reader = CountingReader()
+        samples += sum(1 for s in range_samples(slot_ranges(urls, records, slot, slots), Skips(), reader)
+                       if not isinstance(s, int))
+        read.append(reader.bytes)
+    assert samples == dataset.split("val")["samples"]  # every sample once
+    assert 0.9 * total_bytes <= sum(read) <= total_bytes  # every sample read, no byte twice (the old reader
+    # read every shard in every slot: slots x total_bytes)
+    largest_sample = max(b - a for r in records for a, b in zip(r["offsets"], r["offsets"][1:]))
+    assert max(read) <= total_bytes / slots + 2 * largest_sample + 2 * 10240  # its share, give or take a sample
