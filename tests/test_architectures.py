@@ -75,15 +75,8 @@ def test_torchscript_export_is_dynamic(arch: str, tmp_path: Path) -> None:
     assert diff < TOLERANCE
 
 
-# ONNX (dynamo) export costs 15-70 s per architecture here; it is checked on one architecture of
-# each family whose graph can come out static: skip connections (unet, and segdist's own
-# resunet_attention), atrous + image pooling (deeplabv3plus), adaptive pooling pyramids (pspnet,
-# pan) and a ViT encoder (dpt). TorchScript export above covers every architecture.
-ONNX_ARCHS = ["unet", "resunet_attention", "deeplabv3plus", "pspnet", "pan", "dpt"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ONNX_ARCHS)
+@pytest.mark.slow  # 15-70 s each: dynamo export + ONNX translation
+@pytest.mark.parametrize("arch", ARCHS)
 def test_onnx_export_is_dynamic(arch: str, tmp_path: Path) -> None:
     diff = _export_and_check(arch, "onnx", tmp_path / "model.onnx")
     assert diff is not None, "onnxruntime is missing: nothing was checked"
