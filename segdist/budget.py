@@ -156,8 +156,14 @@ def plan_steps(s, started: float) -> int:  # noqa: ANN001
 
     cfg = s.cfg
     budget = parse_duration(cfg.train.budget)
+    from segdist import faults
+    from segdist.distributed import agree
+
     costs = calibrate(s)
-    left = budget - (time.time() - started)
+    elapsed = time.time() - started + (30.0 if faults.armed("late_start") else 0.0)
+    # Processes start at different times (nodes, containers): every rank plans from rank 0's clock,
+    # or they would plan different step counts and meet different collectives at the end.
+    left = budget - agree(s.accelerator, elapsed if s.main else 0.0)[0]
     per_epoch_updates = s.per_epoch / cfg.optim.accumulate
     steps = steps_that_fit(0.97 * left, costs, per_epoch_updates=per_epoch_updates, val_every=cfg.train.val_every,
                            checkpoint_every=cfg.train.checkpoint_every)  # 3% for start-up jitter and the tail

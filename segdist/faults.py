@@ -4,8 +4,9 @@ Points: `loader` (an exception in a training loader worker), `validation`, `chec
 while a checkpoint is written), `kill_in_checkpoint` (SIGKILL after the files are written, before
 the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the checkpoint is in
 place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
-becomes NaN). `@step` limits it to one optimizer step (or batch, for
-`loader`), `#rank` to one rank. Several faults: separate them with commas.
+becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget).
+`@step` limits it to one optimizer step (or batch, for `loader`), `#rank` to one rank. Several
+faults: separate them with commas.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import run_train, synthetic_shards, train_log
+from helpers import launcher, rank_lines, run_train, synthetic_shards, train_log
 from safetensors.numpy import load_file
 
 from segdist.budget import Costs, parse_duration, steps_that_fit
@@ -54,6 +54,18 @@ def test_a_budget_sets_max_steps_that_fit_and_resume_keeps_them(shards, tmp_path
     assert yaml.safe_load((tmp_path / "c/config.yaml").read_text())["train"]["max_steps"] == chosen_c
     assert json.loads((tmp_path / "c/summary.json").read_text())["steps"] == chosen_c
     assert [e["step"] for e in train_log(tmp_path / "c")] == list(range(1, chosen_c + 1))
+
+
+@pytest.mark.slow
+def test_every_rank_plans_the_same_steps_when_the_processes_started_at_different_times(shards, tmp_path):
+    # rank 1 counts 30 s more since its start (a slower node): planning from its own clock, it chose
+    # fewer steps than rank 0 and the job broke in mismatched collectives at the end
+    out = run_train(shards, tmp_path, "train.budget=45s", "data.epoch_samples=16", "data.workers=0",
+                    "train.name=skew", "train.collective_timeout=30", launch=launcher(),
+                    env={"SEGDIST_FAULT": "late_start#1"})
+    chosen = yaml.safe_load((tmp_path / "skew/config.yaml").read_text())["train"]["max_steps"]
+    ranks = rank_lines(out)
+    assert len(ranks) == 2 and ranks[0]["steps"] == ranks[1]["steps"] == chosen, out[-3000:]
 
 
 def test_the_ema_follows_the_update_rule_with_buffers():
