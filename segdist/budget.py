@@ -154,11 +154,11 @@ def plan_steps(s, started: float) -> int:  # noqa: ANN001
     """Calibrate, then the optimizer steps that fit in what is left of `train.budget`; says what it chose."""
     import time
 
-    cfg = s.cfg
-    budget = parse_duration(cfg.train.budget)
     from segdist import faults
     from segdist.distributed import agree
 
+    cfg = s.cfg
+    budget = parse_duration(cfg.train.budget)
     costs = calibrate(s)
     elapsed = time.time() - started + (30.0 if faults.armed("late_start") else 0.0)
     # Processes start at different times (nodes, containers): every rank plans from rank 0's clock,
