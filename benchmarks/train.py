@@ -6,6 +6,8 @@
     with 1 process and with 2 processes (DDP, gloo). Images/s over the steady steps.
 (b) the loop itself with 2 processes: segdist's loop (benchmarks/segdist_in_memory.py) vs the bare
     DDP loop, both fed one in-memory batch, so only the loops differ; collectives and syncs included.
+    Wall clock, the order alternating between repeats; benchmarks/loop_profile.py measures the
+    same from samples of each rank, which the machine's drifting load does not move.
 (c) the loader alone: `segdist bench-data` vs the folder Dataset's DataLoader on the same images.
 
     python benchmarks/train.py [--steps 40] [--repeat 2] [--parts a,b,c]
@@ -85,7 +87,10 @@ def compare(label: str, ours, theirs, repeat: int) -> None:  # noqa: ANN001
     """Alternate the two measurements `repeat` times; print each pair, its ratio and the median ratio."""
     ratios = []
     for i in range(repeat):
-        a, b = ours(), theirs()
+        if i % 2:  # alternate which runs first: the machine's load drifts between the two
+            b, a = theirs(), ours()
+        else:
+            a, b = ours(), theirs()
         ratios.append(a / b)
         print(f"  {label} run {i + 1}: segdist {a:6.2f} img/s   baseline {b:6.2f} img/s   ratio {a / b:.3f}x",
               flush=True)
@@ -144,7 +149,10 @@ def main() -> None:
                   flush=True)
             ratios = []
             for i in range(args.repeat):
-                ours, bare = segdist_rate(shards, work, 2, args.steps, True), plain_rate(2, args.steps, True)
+                if i % 2:  # alternate which runs first: the machine's load drifts between the two
+                    bare, ours = plain_rate(2, args.steps, True), segdist_rate(shards, work, 2, args.steps, True)
+                else:
+                    ours, bare = segdist_rate(shards, work, 2, args.steps, True), plain_rate(2, args.steps, True)
                 ratios.append(bare / ours)
                 print(f"  run {i + 1}: segdist loop {8 * 2 / ours * 1000:7.1f} ms/step   bare DDP loop "
                       f"{8 * 2 / bare * 1000:7.1f} ms/step   overhead {(bare / ours - 1) * 100:+.1f}%", flush=True)
