@@ -6,10 +6,13 @@ as `segdist export` does: an example input of one size, then a check against PyT
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -75,10 +78,28 @@ def test_torchscript_export_is_dynamic(arch: str, tmp_path: Path) -> None:
     assert diff < TOLERANCE
 
 
-@pytest.mark.slow  # 15-70 s each: dynamo export + ONNX translation
+def _onnx_export_alone(arch: str, folder: str) -> float | None:
+    """One architecture's ONNX export and check, in a process of its own with one compute thread."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return _export_and_check(arch, "onnx", Path(folder) / f"{arch}.onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_exports(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The selected architectures' ONNX exports, two at a time: each is 15-70 s of mostly one-thread tracing."""
+    folder = tmp_path_factory.mktemp("onnx")
+    archs = [item.callspec.params["arch"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_onnx_export_is_dynamic"]
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    yield {arch: pool.submit(_onnx_export_alone, arch, str(folder)) for arch in archs}
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
-def test_onnx_export_is_dynamic(arch: str, tmp_path: Path) -> None:
-    diff = _export_and_check(arch, "onnx", tmp_path / "model.onnx")
+def test_onnx_export_is_dynamic(arch: str, onnx_exports: dict[str, Future]) -> None:
+    diff = onnx_exports[arch].result(timeout=900)
     assert diff is not None, "onnxruntime is missing: nothing was checked"
     assert diff < TOLERANCE
 
