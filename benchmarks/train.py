@@ -83,14 +83,20 @@ def plain_rate(processes: int, steps: int, in_memory: bool = False) -> float:
     return images_per_second(result["times"], result["batch"] * result["world"])
 
 
+def measure_pair(ours, theirs, run: int) -> tuple[float, float]:  # noqa: ANN001
+    """(ours(), theirs()), the first of them alternating with `run`: the machine's load drifts."""
+    if run % 2:
+        b = theirs()
+        return ours(), b
+    a = ours()
+    return a, theirs()
+
+
 def compare(label: str, ours, theirs, repeat: int) -> None:  # noqa: ANN001
     """Alternate the two measurements `repeat` times; print each pair, its ratio and the median ratio."""
     ratios = []
     for i in range(repeat):
-        if i % 2:  # alternate which runs first: the machine's load drifts between the two
-            b, a = theirs(), ours()
-        else:
-            a, b = ours(), theirs()
+        a, b = measure_pair(ours, theirs, i)
         ratios.append(a / b)
         print(f"  {label} run {i + 1}: segdist {a:6.2f} img/s   baseline {b:6.2f} img/s   ratio {a / b:.3f}x",
               flush=True)
@@ -149,10 +155,8 @@ def main() -> None:
                   flush=True)
             ratios = []
             for i in range(args.repeat):
-                if i % 2:  # alternate which runs first: the machine's load drifts between the two
-                    bare, ours = plain_rate(2, args.steps, True), segdist_rate(shards, work, 2, args.steps, True)
-                else:
-                    ours, bare = segdist_rate(shards, work, 2, args.steps, True), plain_rate(2, args.steps, True)
+                ours, bare = measure_pair(lambda: segdist_rate(shards, work, 2, args.steps, True),
+                                          lambda: plain_rate(2, args.steps, True), i)
                 ratios.append(bare / ours)
                 print(f"  run {i + 1}: segdist loop {8 * 2 / ours * 1000:7.1f} ms/step   bare DDP loop "
                       f"{8 * 2 / bare * 1000:7.1f} ms/step   overhead {(bare / ours - 1) * 100:+.1f}%", flush=True)
