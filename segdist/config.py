@@ -62,7 +62,7 @@ class ModelConfig:
     arch_kwargs: dict = field(default_factory=dict)  # passed to the smp architecture, e.g. {decoder_channels: [...]}
     channels_last: bool = False
     compile: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes: CUDA only (refused for CPU processes)
 
 
 @dataclass

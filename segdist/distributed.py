@@ -112,6 +112,21 @@ def broadcast_buffers(accelerator, module: torch.nn.Module) -> None:  # noqa: AN
             torch.distributed.broadcast(buffer, src=0)
 
 
+def sync_batchnorm(accelerator, model: torch.nn.Module) -> torch.nn.Module:  # noqa: ANN001
+    """`model` with SyncBatchNorm layers for several processes (`model.sync_bn`); one process keeps it as is.
+
+    torch's SyncBatchNorm runs on CUDA only: on gloo CPU processes it fails at the first forward with
+    a message that names neither the option nor the fix, so that case is refused here.
+    """
+    if accelerator.num_processes == 1:
+        return model
+    if accelerator.device.type != "cuda":
+        raise DataError(f"model.sync_bn needs GPUs: torch's SyncBatchNorm has no {accelerator.device.type} "
+                        f"version; set model.sync_bn=false for the {accelerator.num_processes} "
+                        f"{accelerator.device.type} processes (or a larger data.batch_size per process)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def any_rank(accelerator, flag: bool) -> bool:  # noqa: ANN001
     """True on every rank when `flag` is true on any of them."""
     return agree(accelerator, float(flag))[0] > 0

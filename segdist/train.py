@@ -26,7 +26,7 @@ from segdist import checkpoints, faults, tracking
 from segdist.config import Config, save_config
 from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization,
                           steps_per_epoch)
-from segdist.distributed import agree, broadcast_buffers, make_accelerator, print_line
+from segdist.distributed import agree, broadcast_buffers, make_accelerator, print_line, sync_batchnorm
 from segdist.ema import make_ema
 from segdist.manifest import write_json_atomic
 from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
@@ -154,8 +154,8 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
 
     set_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_from_config(cfg.model, info.num_classes)
-    if cfg.model.sync_bn and accelerator.num_processes > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.model.sync_bn:
+        model = sync_batchnorm(accelerator, model)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)

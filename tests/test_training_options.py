@@ -120,3 +120,19 @@ def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards)
     weights = build_criterion(cfg, info).loss.weight
     assert torch.allclose(weights, torch.tensor(class_weights(combined, "inverse")))
     assert not torch.allclose(weights, torch.tensor(class_weights(train, "inverse")))
+
+
+def test_sync_bn_is_converted_for_gpus_and_refused_with_its_fix_on_cpu_processes():
+    from types import SimpleNamespace
+
+    from segdist.distributed import sync_batchnorm
+    from segdist.sources.common import DataError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
+    cpu = torch.device("cpu")
+    assert sync_batchnorm(SimpleNamespace(num_processes=1, device=cpu), model) is model
+    # on gloo CPU processes torch would fail only at the first forward, naming neither option nor fix
+    with pytest.raises(DataError, match=r"model.sync_bn needs GPUs.*set model.sync_bn=false for the 2 cpu"):
+        sync_batchnorm(SimpleNamespace(num_processes=2, device=cpu), model)
+    converted = sync_batchnorm(SimpleNamespace(num_processes=2, device=torch.device("cuda")), model)
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)  # the conversion itself needs no GPU
