@@ -149,3 +149,21 @@ def test_each_evaluation_slot_reads_only_the_bytes_of_its_own_samples(dataset, w
     # read every shard in every slot: slots x total_bytes)
     largest_sample = max(b - a for r in records for a, b in zip(r["offsets"], r["offsets"][1:]))
     assert max(read) <= total_bytes / slots + 2 * largest_sample + 2 * 10240  # its share, give or take a sample
+
+
+def test_resampling_reads_every_sample_equally_often_whatever_its_shards_size(monkeypatch):
+    import itertools
+    import random
+
+    from segdist import tarstream
+
+    # CamVid train: a full shard and the split's short last one. A draw reads a shard whole, so drawing
+    # shards uniformly already gives every sample the same chance; drawing them by size would not.
+    sizes = {"a.tar": 256, "b.tar": 111}
+    monkeypatch.setattr(tarstream, "shard_samples", lambda url, skips, reader, expected: (
+        {"__key__": f"{url}/{i}"} for i in range(sizes[url])))
+    stream = tarstream.resampled_samples(list(sizes.items()), random.Random(0), tarstream.Skips(), reader=None)
+    read = Counter(sample["__key__"].split("/")[0] for sample in itertools.islice(stream, 400_000))
+    per_sample = {url: read[url] / count for url, count in sizes.items()}
+    # drawn in proportion to their sizes, each of a's samples would come 256 / 111 = 2.3 times as often
+    assert per_sample["b.tar"] / per_sample["a.tar"] == pytest.approx(1, abs=0.08)
