@@ -12,7 +12,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from helpers import REPO, launcher, run_cli, run_train, synthetic_shards, train_cmd, train_log
+from helpers import DEMO_MODEL, REPO, launcher, run_cli, run_train, synthetic_shards, train_cmd, train_log
 from safetensors.numpy import load_file
 
 
@@ -158,7 +158,8 @@ def _kill_rank_when_logged(proc: subprocess.Popen, run, step: int, rank: int, ta
 @pytest.mark.parametrize("machines", [2])
 def test_kill_9_of_one_rank_ends_the_job_names_the_rank_and_resume_reaches_the_same_weights(
         shards, tmp_path, machines):
-    common = ["train.max_steps=12", "data.epoch_samples=32", "train.checkpoint_every=2", "train.keep_last=10",
+    # killed at step 5 of 24: the margin lets the kill land before the end even at the tiny model's pace
+    common = ["train.max_steps=24", "data.epoch_samples=32", "train.checkpoint_every=2", "train.keep_last=20",
               "train.collective_timeout=20"]
     name = f"kill{machines}"
     procs = _start(machines, train_cmd(shards, tmp_path, *common, f"train.name={name}", launch=[]))
@@ -177,8 +178,8 @@ def test_kill_9_of_one_rank_ends_the_job_names_the_rank_and_resume_reaches_the_s
     for cmd in (train_cmd(shards, tmp_path, *common, f"train.name={name}", launch=[], resume=True),
                 train_cmd(shards, tmp_path, *common, f"train.name={name}-straight", launch=[])):
         assert all(code == 0 for code, _, _ in (_wait(p, 600) for p in _start(machines, cmd)))
-    assert _same_tensors(_weights(tmp_path / name / "checkpoints/step_00000012/model.safetensors"),
-                         _weights(tmp_path / f"{name}-straight/checkpoints/step_00000012/model.safetensors"))
+    assert _same_tensors(_weights(tmp_path / name / "checkpoints/step_00000024/model.safetensors"),
+                         _weights(tmp_path / f"{name}-straight/checkpoints/step_00000024/model.safetensors"))
 
 
 def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one_and_resume_ignores_the_partial(
@@ -227,8 +228,8 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous_checkpoint(shards, small_tmpfs):
-    out = run_train(shards, small_tmpfs, "train.max_steps=6", "data.epoch_samples=64", "train.checkpoint_every=2",
-                    "train.name=full", "train.val_every=100", "optim.name=sgd", "optim.momentum=0.0",
+    out = run_train(shards, small_tmpfs, *DEMO_MODEL, "train.max_steps=6", "data.epoch_samples=64",
+                    "train.checkpoint_every=2", "train.name=full", "train.val_every=100", "optim.name=sgd", "optim.momentum=0.0",
                     launch=launcher(), expect=-1)
     checkpoints = small_tmpfs / "full/checkpoints"
     assert f"could not write checkpoint {checkpoints / 'step_00000004'}" in out

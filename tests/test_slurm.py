@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import manifest, read_shards
+from helpers import SMALL, manifest, read_shards
 from slurm_cluster import SlurmCluster, ensure_installed, free_port, missing_programs, wait_for
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
-         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1"]
 PREPARE_MEM_MB = 3000
 RANK_LINE = re.compile(r"\[rank (\d+)/(\d+)\] node=(\S+) batches=(\d+) steps=(\d+) weights=(\w+)")
 
@@ -197,7 +195,7 @@ def test_a_budget_from_the_allocation_sets_the_steps_that_fit_the_time_left(
 
 def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:
     shards, _ = prepared
-    total = 24
+    total = 60  # the signal must land before the end: steps of the tiny test model are fast
     job_id = submit(cluster, "train.sbatch", *train_args(
         shards, cluster, f"train.max_steps={total}", "train.val_every=100", "data.epoch_samples=100000",
         "optim.scheduler=constant"))

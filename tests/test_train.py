@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, SMALL, launcher, rank_lines, run_cli, run_train, synthetic_shards, train_log
+from helpers import DEMO_MODEL, REPO, SMALL, launcher, rank_lines, run_cli, run_train, synthetic_shards, train_log
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_two_cpu_processes_with_accelerate_launch(shards, tmp_path):
 
 @pytest.mark.slow
 def test_learns_well_above_all_background(shards, tmp_path):
-    out = run_train(shards, tmp_path, "train.name=learn", "train.epochs=8", "data.crop_size=[96,96]",
+    out = run_train(shards, tmp_path, *DEMO_MODEL, "train.name=learn", "train.epochs=8", "data.crop_size=[96,96]",
                  "data.base_size=128", "data.val_size=128")
     summary = json.loads((tmp_path / "learn/summary.json").read_text())
     manifest = json.loads((shards / "dataset.json").read_text())
