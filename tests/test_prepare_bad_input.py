@@ -145,7 +145,9 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
     names = sorted(p.name for p in staging.iterdir())
     records = [n for n in names if n.endswith(".json") and n != "state.json"]
     assert len(records) >= 3 and "state.json" in names
-    assert sorted(n for n in names if n.endswith(".tar")) == [r.replace(".json", ".tar") for r in records]
+    # every recorded shard is there; a task that was still running when the interrupt came may
+    # have finished its tar without a record: not done, so the resume converts it again (below)
+    assert {r.replace(".json", ".tar") for r in records} <= {n for n in names if n.endswith(".tar")}
     assert not [n for n in names if n.endswith(".tmp")]
 
     # A different run into the interrupted directory is refused ...
