@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from segdist.config import DataConfig
-from segdist.data import _shuffle, load_dataset_info, steps_per_epoch, stream_seed
-from segdist.tarstream import Reader, Skips, resampled_samples, shard_samples
+from segdist.data import TrainBatches, load_dataset_info, steps_per_epoch, stream_seed
+from segdist.tarstream import Reader, Skips, shard_samples
 
 
 def sequence(key: str) -> str:
@@ -34,10 +34,10 @@ def distance(keys: list[str], split: Counter) -> float:
     return 0.5 * sum(abs(seen[s] / len(keys) - split[s] / total) for s in split)
 
 
-def epoch_keys(cfg: DataConfig, shards: list, reader: Reader, epoch: int, rank: int, count: int) -> list[str]:
-    """The first `count` sample keys of (epoch, rank)'s stream 0, as TrainBatches._stream orders them."""
-    rng = random.Random(stream_seed(0, epoch, rank, 0))
-    samples = _shuffle(resampled_samples(shards, rng, Skips(), reader), cfg.shuffle_buffer, rng)
+def epoch_keys(cfg: DataConfig, info, epoch: int, rank: int, count: int) -> list[str]:  # noqa: ANN001
+    """The first `count` sample keys of (epoch, rank)'s stream 0, in segdist's training order."""
+    batches = TrainBatches(cfg, info, seed=0, rank=rank, world_size=2, start=0, end=1)
+    samples = batches.sample_order(stream_seed(0, epoch, rank, 0), Skips())
     return [s["__key__"] for s in itertools.islice(samples, count)]
 
 
@@ -56,8 +56,7 @@ def main() -> None:
     for buffer in args.buffers:
         cfg = DataConfig(shuffle_buffer=buffer, batch_size=4)
         count = steps_per_epoch(cfg, info, 2) * cfg.batch_size  # one process's epoch on 2 processes
-        reader = Reader.from_config(cfg)
-        tv = [distance(epoch_keys(cfg, shards, reader, e, r, count), split)
+        tv = [distance(epoch_keys(cfg, info, e, r, count), split)
               for e in range(args.epochs) for r in (0, 1)]
         uniform = [distance(random.Random(i).sample(everything, count), split) for i in range(len(tv))]
         print(f"shuffle_buffer {buffer:5d}: mean distance {statistics.mean(tv):.3f} (worst {max(tv):.3f}) "

@@ -177,12 +177,8 @@ class TrainBatches(IterableDataset):
     def _stream(self, epoch: int, stream: int, first: int) -> Iterator[tuple]:
         """Batches first, first+1, ... of stream (seed, epoch, rank, stream)."""
         seed = stream_seed(self.seed, epoch, self.rank, stream)
-        rng, skips = random.Random(seed), Skips()
-        samples = resampled_samples(self.shards, rng, skips, self.reader)
-        if self.factors is not None:
-            samples = self._repeat(samples, rng)
-        samples = _shuffle(samples, self.cfg.shuffle_buffer, rng)
-        decoded = _decodable(enumerate(samples), skips)
+        skips = Skips()
+        decoded = _decodable(enumerate(self.sample_order(seed, skips)), skips)
         batch = self.cfg.batch_size
         for _ in itertools.islice(decoded, first * batch):  # resuming: skip without augmenting
             pass
@@ -192,6 +188,14 @@ class TrainBatches(IterableDataset):
                      in itertools.islice(decoded, batch)]
             images, labels = zip(*items)
             yield torch.stack(images), torch.stack(labels), skips.take()
+
+    def sample_order(self, seed: int, skips: Skips) -> Iterator[dict]:
+        """The undecoded samples of the stream seeded by `seed`, in training order (endless)."""
+        rng = random.Random(seed)
+        samples = resampled_samples(self.shards, rng, skips, self.reader)
+        if self.factors is not None:
+            samples = self._repeat(samples, rng)
+        return _shuffle(samples, self.cfg.shuffle_buffer, rng)
 
     def _repeat(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         """Repeat-factor sampling: an image comes back r times on average, r from its rarest class."""
