@@ -19,7 +19,7 @@ PRECISIONS = ("no", "fp16", "bf16")
 NORMALIZE = ("dataset", "imagenet")
 NONFINITE = ("stop", "skip")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's trackers
-CLASS_WEIGHTS = ("inverse", "median_freq")
+CLASS_WEIGHTS = ("inverse", "median_freq", "sqrt_median_freq")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "ce"
-    class_weights: str | list[float] | None = None  # "inverse", "median_freq" or a list
+    class_weights: str | list[float] | None = None  # "inverse", "median_freq", "sqrt_median_freq" or a list
     focal_gamma: float = 2.0
     focal_alpha: list[float] | None = None
     dice_weight: float = 0.5

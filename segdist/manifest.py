@@ -49,18 +49,22 @@ def class_weights(split: dict, method: str) -> list[float]:
 
     inverse: total / (C * pixels_c), so a perfectly balanced dataset gets all ones.
     median_freq: median(f) / f_c with f_c = pixels_c / pixels of the images holding c
-    (Eigen & Fergus, as SegNet uses for CamVid). Classes never seen get weight 0.
+    (Eigen & Fergus, as SegNet uses for CamVid). sqrt_median_freq: its square root, a milder
+    push towards the rare classes (median_freq's full weights make a model over-predict them).
+    Classes never seen get weight 0.
     """
     pixels = np.asarray(split["class_pixels"], np.float64)
     seen = pixels > 0
     weights = np.zeros_like(pixels)
     if method == "inverse":
         weights[seen] = pixels.sum() / (seen.sum() * pixels[seen])
-    elif method == "median_freq":
+    elif method in ("median_freq", "sqrt_median_freq"):
         freq = pixels[seen] / np.asarray(split["class_image_pixels"], np.float64)[seen]
         weights[seen] = np.median(freq) / freq
+        if method == "sqrt_median_freq":
+            weights = np.sqrt(weights)
     else:
-        raise ValueError(f"unknown class weighting '{method}'; choose inverse or median_freq")
+        raise ValueError(f"unknown class weighting '{method}'; choose inverse, median_freq or sqrt_median_freq")
     return [round(float(w), 6) for w in weights]
 
 

@@ -35,7 +35,8 @@ def test_class_weights():
     assert inverse == pytest.approx([1000 / (3 * 600), 1000 / (3 * 300), 1000 / (3 * 100), 0])
     freq = np.array([0.6, 0.3, 0.5])
     assert class_weights(split, "median_freq") == pytest.approx([*(0.5 / freq), 0])
-    with pytest.raises(ValueError, match="inverse or median_freq"):
+    assert class_weights(split, "sqrt_median_freq") == pytest.approx([*np.sqrt(0.5 / freq), 0])
+    with pytest.raises(ValueError, match="inverse, median_freq or sqrt_median_freq"):
         class_weights(split, "sqrt")
 
 
