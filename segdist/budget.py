@@ -5,6 +5,12 @@ copies of the model and optimizer, with the real data pipeline and collectives),
 one image and of writing a checkpoint, then sets `train.max_steps` to the largest step count whose
 training, validations and final checkpoint fit in what is left of the budget. The count is
 written into the run's config.yaml, so `--resume` keeps the same schedule.
+
+A few calibration steps misjudge a noisy machine's steady pace (on CamVid, 2 processes on 2 cores:
+1.65 s a step where the run then averaged 1.9 s, an 8% overrun). So the run checks once, at the
+end of the LR warmup (or after CHECK_AFTER steps): the mean step time measured so far replaces the
+calibrated one and the step count is planned again for what is left. Before the decay starts the
+schedule does not depend on the step count, so the whole decay follows the corrected length.
 """
 
 from __future__ import annotations
@@ -43,21 +49,51 @@ class Costs:
     checkpoint: float
 
 
+@dataclass(frozen=True)
+class Check:
+    """The one re-planning of a budget run: at which optimizer step, and the calibrated costs."""
+
+    at_update: int
+    costs: Costs
+
+
+CHECK_AFTER = 20  # optimizer steps: the fewest whose mean step time is taken as the steady pace
+TIMED_FROM = 3  # the first updates carry the loader's start-up, a one-off cost
+MAX_GROWTH = 2  # a check may at most double the step count (the loader is opened that far)
+
+
+@dataclass
+class StepClock:
+    """Seconds per optimizer update (its data wait included), timed from update TIMED_FROM on."""
+
+    seconds: float = 0.0
+    updates: int = 0
+
+    def add(self, update: int, seconds: float) -> None:
+        if update > TIMED_FROM:
+            self.seconds += seconds
+            self.updates += 1
+
+    def mean(self) -> float:
+        return self.seconds / max(self.updates, 1)
+
+
 def steps_that_fit(seconds: float, costs: Costs, *, per_epoch_updates: float, val_every: int,
-                   checkpoint_every: int) -> int:
-    """The largest step count n whose steps, validations and checkpoints take at most `seconds`.
+                   checkpoint_every: int, done: int = 0) -> int:
+    """The largest step count n >= done whose steps done+1..n, validations and checkpoints take at most `seconds`.
 
     Validation runs every `val_every` epochs and at the end; a checkpoint every `checkpoint_every`
     steps (or every epoch when 0), at every epoch end that validates, and at the end.
     """
-    def cost(n: int) -> float:
-        epochs = n / per_epoch_updates
-        validations = math.floor(epochs / val_every) + 1
-        per_ckpt = checkpoint_every or per_epoch_updates
-        checkpoints = math.floor(n / per_ckpt) + validations + 1
-        return n * costs.step + validations * costs.validation + checkpoints * costs.checkpoint
+    def periodic(n: int) -> tuple[int, int]:  # validations and checkpoints during steps 1..n, the final ones apart
+        validations = math.floor(n / per_epoch_updates / val_every)
+        return validations, math.floor(n / (checkpoint_every or per_epoch_updates)) + validations
 
-    lo, hi = 0, max(1, int(seconds / max(costs.step, 1e-9)) + 1)
+    def cost(n: int) -> float:  # the end adds a validation, its checkpoint and the final one
+        (v1, c1), (v0, c0) = periodic(n), periodic(done)
+        return (n - done) * costs.step + (v1 - v0 + 1) * costs.validation + (c1 - c0 + 2) * costs.checkpoint
+
+    lo, hi = done, done + max(1, int(seconds / max(costs.step, 1e-9)) + 1)
     while lo < hi:  # cost(n) grows with n: binary search for the last n that fits
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid - 1)
@@ -89,7 +125,8 @@ def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a 
                 agree(accelerator, 0.0)  # all ranks start the clock together
                 start = time.perf_counter()
             with accelerator.accumulate(s.model):
-                loss = s.criterion(s.model(s.normalize(images.to(accelerator.device))), labels.to(accelerator.device).long())
+                logits = s.model(s.normalize(images.to(accelerator.device)))
+                loss = s.criterion(logits, labels.to(accelerator.device).long())
                 accelerator.backward(loss)
             if accelerator.sync_gradients:
                 agree(accelerator, loss.detach())  # what the real loop syncs per update
@@ -150,23 +187,39 @@ def _checkpoint_cost(s, folder) -> float:  # noqa: ANN001
     return time.perf_counter() - start
 
 
-def plan_steps(s, started: float) -> int:  # noqa: ANN001
-    """Calibrate, then the optimizer steps that fit in what is left of `train.budget`; says what it chose."""
+def seconds_left(s) -> float:  # noqa: ANN001 - a train.Session
+    """What is left of `train.budget`, by rank 0's clock on every rank.
+
+    Processes start at different times (nodes, containers): planning from their own clocks, ranks
+    would choose different step counts and meet different collectives at the end.
+    """
     import time
 
     from segdist import faults
     from segdist.distributed import agree
 
+    elapsed = time.time() - s.started + (30.0 if faults.armed("late_start") else 0.0)
+    return parse_duration(s.cfg.train.budget) - agree(s.accelerator, elapsed if s.main else 0.0)[0]
+
+
+def fitting_steps(s, seconds: float, costs: Costs, done: int = 0) -> int:  # noqa: ANN001
+    """steps_that_fit with this run's epoch length, validation and checkpoint cadence, 3% held back for the tail."""
+    cfg = s.cfg
+    return steps_that_fit(0.97 * seconds, costs, per_epoch_updates=s.per_epoch / cfg.optim.accumulate,
+                          val_every=cfg.train.val_every, checkpoint_every=cfg.train.checkpoint_every, done=done)
+
+
+def plan_steps(s) -> int:  # noqa: ANN001
+    """Calibrate, then the optimizer steps that fit in what is left of `train.budget`; says what it chose.
+
+    Also sets `s.budget_check`, the step at which `replan` compares the plan with the measured pace.
+    """
     cfg = s.cfg
     budget = parse_duration(cfg.train.budget)
     costs = calibrate(s)
-    elapsed = time.time() - started + (30.0 if faults.armed("late_start") else 0.0)
-    # Processes start at different times (nodes, containers): every rank plans from rank 0's clock,
-    # or they would plan different step counts and meet different collectives at the end.
-    left = budget - agree(s.accelerator, elapsed if s.main else 0.0)[0]
+    left = seconds_left(s)
     per_epoch_updates = s.per_epoch / cfg.optim.accumulate
-    steps = steps_that_fit(0.97 * left, costs, per_epoch_updates=per_epoch_updates, val_every=cfg.train.val_every,
-                           checkpoint_every=cfg.train.checkpoint_every)  # 3% for start-up jitter and the tail
+    steps = fitting_steps(s, left, costs)
     if steps < 1:
         from segdist.sources.common import DataError
 
@@ -177,4 +230,25 @@ def plan_steps(s, started: float) -> int:  # noqa: ANN001
           f"{costs.step:.3f} s, a validation {costs.validation:.1f} s, a checkpoint {costs.checkpoint:.2f} s -> "
           f"{steps} optimizer steps ({steps / per_epoch_updates:.1f} epochs); train.max_steps={steps} is written "
           f"into the run's config.yaml")
+    check_at = max(cfg.optim.warmup_steps, CHECK_AFTER)
+    s.budget_check = Check(check_at, costs) if check_at <= steps // 4 else None
     return steps
+
+
+def replan(s) -> int | None:  # noqa: ANN001 - a train.Session
+    """At `s.budget_check`: the steps that fit what is left at the pace measured so far, or None if unchanged.
+
+    Every rank takes the mean of the ranks' measured step times, so all choose the same count.
+    """
+    from segdist.distributed import agree
+
+    check, s.budget_check = s.budget_check, None
+    world = s.accelerator.num_processes
+    step = agree(s.accelerator, s.step_clock.mean())[0] / world
+    done = s.state["update"]
+    steps = fitting_steps(s, seconds_left(s), Costs(step, check.costs.validation, check.costs.checkpoint), done)
+    steps = min(max(steps, done + 1), MAX_GROWTH * s.state["max_steps"])
+    change = "keeps" if steps == s.state["max_steps"] else f"was {s.state['max_steps']}, now"
+    s.say(f"\nbudget check at step {done}: a step took {step:.3f} s (calibration: {check.costs.step:.3f} s) -> "
+          f"{change} {steps} optimizer steps")
+    return None if steps == s.state["max_steps"] else steps

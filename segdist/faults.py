@@ -4,7 +4,8 @@ Points: `loader` (an exception in a training loader worker), `validation`, `chec
 while a checkpoint is written), `kill_in_checkpoint` (SIGKILL after the files are written, before
 the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the checkpoint is in
 place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
-becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget).
+becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget),
+`slow_step` (every training step takes SLOW_STEP_S longer; the budget's calibration steps do not).
 `@step` limits it to one optimizer step (or batch, for `loader`), `#rank` to one rank. Several
 faults: separate them with commas.
 """
@@ -18,6 +19,7 @@ import sys
 import time
 
 _step: int | None = None
+SLOW_STEP_S = 0.25
 
 
 def at_step(step: int) -> None:
@@ -58,6 +60,12 @@ def hit(point: str) -> None:
     if point == "checkpoint":
         raise OSError(28, f"injected fault at {point}")  # errno 28: no space left on device
     raise RuntimeError(f"injected fault at {point} (SEGDIST_FAULT)")
+
+
+def pause(point: str, seconds: float) -> None:
+    """Sleep `seconds` when the fault `point` is injected here and now (a machine slower than calibrated)."""
+    if armed(point):
+        time.sleep(seconds)
 
 
 def loss_value(loss):  # noqa: ANN001, ANN201

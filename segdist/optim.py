@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +25,17 @@ def build_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer, total_step
     if o.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=o.plateau_factor, patience=o.plateau_patience)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, total_steps))
 
+
+def set_total_steps(scheduler, o: OptimConfig, total_steps: int) -> None:  # noqa: ANN001
+    """Stretch or shrink a LambdaLR schedule to `total_steps` from the next step on (plateau: nothing to do)."""
+    if not is_plateau(scheduler):
+        scheduler.lr_lambdas = [lr_factor(o, total_steps)]
+
+
+def lr_factor(o: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The LR multiplier at each step: linear warmup, then the configured decay over `total_steps`."""
     def factor(step: int) -> float:
         if step < o.warmup_steps:
             return (step + 1) / o.warmup_steps
@@ -37,7 +48,7 @@ def build_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer, total_step
             return o.gamma ** (step // o.step_size)
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def is_plateau(scheduler) -> bool:  # noqa: ANN001

@@ -23,13 +23,14 @@ import torch
 from tqdm import tqdm
 
 from segdist import checkpoints, faults, tracking
+from segdist.budget import MAX_GROWTH, Check, StepClock, replan
 from segdist.config import Config, save_config
 from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, load_dataset_info, normalization,
                           steps_per_epoch)
 from segdist.distributed import agree, broadcast_buffers, make_accelerator, print_line, sync_batchnorm
 from segdist.ema import make_ema
 from segdist.manifest import write_json_atomic
-from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau
+from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau, set_total_steps
 from segdist.sources.common import DataError
 
 DATA_BOUND_SHARE = 0.10  # warn when the loop waits for data longer than this share of the time
@@ -92,6 +93,8 @@ class Session:
     totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0})
     warned_data_bound: bool = False
     started: float = field(default_factory=time.time)
+    step_clock: StepClock = field(default_factory=StepClock)
+    budget_check: Check | None = None  # when a budget run re-plans its step count (budget.replan)
 
     @property
     def main(self) -> bool:
@@ -115,8 +118,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     from segdist.data import train_loader
 
     stop = "done"
+    # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
+    end = s.total_batches * (MAX_GROWTH if s.budget_check else 1)
     loader = train_loader(cfg.data, s.info, seed=cfg.train.seed, rank=s.accelerator.process_index,
-                          world_size=s.accelerator.num_processes, start=s.state["batch"], end=s.total_batches)
+                          world_size=s.accelerator.num_processes, start=s.state["batch"], end=end)
     bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train", dynamic_ncols=True)
     with loader, bar:  # closed on every path: workers released, an error message starts on a new line
         batches = iter(loader)
@@ -168,7 +173,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
                 build_criterion(cfg, info).to(accelerator.device),
                 Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, per_epoch, 0, new_state())
     s.started = started
-    s.state["max_steps"] = cfg.train.max_steps = planned_steps(s, resume_from, started)
+    s.state["max_steps"] = cfg.train.max_steps = planned_steps(s, resume_from)
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, run_dir / "config.yaml")
     s.total_batches = s.state["max_steps"] * cfg.optim.accumulate
@@ -187,7 +192,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     return s
 
 
-def planned_steps(s: Session, resume_from: Path | None, started: float) -> int:
+def planned_steps(s: Session, resume_from: Path | None) -> int:
     """train.max_steps, else the count a budget chose (kept in the checkpoints), else epochs x steps per epoch."""
     cfg = s.cfg
     if cfg.train.max_steps:
@@ -197,7 +202,7 @@ def planned_steps(s: Session, resume_from: Path | None, started: float) -> int:
             return json.loads((resume_from / checkpoints.STATE_FILE).read_text())["max_steps"]
         from segdist.budget import plan_steps
 
-        return plan_steps(s, started)
+        return plan_steps(s)
     return cfg.train.epochs * s.per_epoch // cfg.optim.accumulate
 
 
@@ -229,11 +234,13 @@ def epoch_end_due(s: Session) -> bool:
 def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
     """Step until the epoch (or the run) ends; returns 'done', 'signal' or 'nonfinite'."""
     cfg, accelerator, state = s.cfg, s.accelerator, s.state
-    epoch_end = min((state["batch"] // s.per_epoch + 1) * s.per_epoch, s.total_batches)
+    boundary = (state["batch"] // s.per_epoch + 1) * s.per_epoch
     s.model.train()
     pending_loss, micro = torch.zeros((), device=accelerator.device), 0
-    while state["batch"] < epoch_end:
+    while state["batch"] < (epoch_end := min(boundary, s.total_batches)):  # a budget check may move the end
         waited = time.perf_counter()
+        if micro == 0:
+            update_began = waited
         images, labels, unread = next(batches)
         s.interval.waited += time.perf_counter() - waited
         note_unread(s, unread)
@@ -244,6 +251,7 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         with accelerator.accumulate(s.model):
             faults.at_step(state["update"] + 1)
             faults.hit("sigusr1")
+            faults.pause("slow_step", faults.SLOW_STEP_S)
             loss = faults.loss_value(s.criterion(s.model(images), labels))
             accelerator.backward(loss)
         pending_loss += loss.detach()
@@ -255,14 +263,31 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
             continue
         outcome = optimizer_step(s, pending_loss / micro)
         pending_loss, micro = torch.zeros((), device=accelerator.device), 0
+        s.step_clock.add(state["update"], time.perf_counter() - update_began)
         if outcome != "done":
             return outcome
         if state["update"] % cfg.train.log_every == 0:
             log_interval(s, bar)
+        if s.budget_check and state["update"] == s.budget_check.at_update:
+            check_budget(s, bar)
         every = cfg.train.checkpoint_every
         if every and state["update"] % every == 0 and state["batch"] < epoch_end:
             save_checkpoint(s)  # at an epoch's end the checkpoint follows its validation instead
     return "done"
+
+
+def check_budget(s: Session, bar: tqdm) -> None:
+    """The budget's one re-planning (budget.replan): a new step count, schedule and config.yaml."""
+    steps = replan(s)
+    if steps is None:
+        return
+    s.state["max_steps"] = s.cfg.train.max_steps = steps
+    s.total_batches = steps * s.cfg.optim.accumulate
+    set_total_steps(s.scheduler, s.cfg.optim, steps)
+    if s.main:
+        save_config(s.cfg, s.run_dir / "config.yaml")
+    bar.total = s.total_batches
+    bar.refresh()
 
 
 def note_unread(s: Session, unread: dict) -> None:
@@ -342,7 +367,8 @@ def log_interval(s: Session, bar: tqdm) -> None:
     s.accelerator.log(values, step=s.state["update"])
     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{figures['images_per_s']:.1f}",
                     wait=f"{figures['data_wait_share']:.0%}")
-    if figures["data_wait_share"] > DATA_BOUND_SHARE and not s.warned_data_bound and s.state["update"] > 2 * s.cfg.train.log_every:
+    settled = s.state["update"] > 2 * s.cfg.train.log_every
+    if figures["data_wait_share"] > DATA_BOUND_SHARE and settled and not s.warned_data_bound:
         s.warned_data_bound = True
         s.say(f"\nsegdist: WARNING: data-bound: the loop waited for data {figures['data_wait_share']:.0%} of the "
               f"time; raise data.workers (now {s.cfg.data.workers}) or see `segdist bench-data`")
@@ -433,7 +459,7 @@ def write_overlays(s: Session, examples: list, out: Path) -> dict[str, Any]:
         gt, pr = label.numpy(), pred.numpy()
         if rgb.shape[:2] != gt.shape:
             rgb = cv2.resize(rgb, gt.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        gt_c, pr_c = colorize(gt, s.info.palette, s.info.ignore_index), colorize(pr, s.info.palette, s.info.ignore_index)
+        gt_c, pr_c = (colorize(mask, s.info.palette, s.info.ignore_index) for mask in (gt, pr))
         images[f"val/overlay_{i}"] = panel(rgb, overlay(rgb, gt_c, gt), overlay(rgb, pr_c, pr))
         save_png(images[f"val/overlay_{i}"], out / f"{i}.png")
     return images
