@@ -1,7 +1,8 @@
 """Ray fan-out of shard tasks and the dataset.json manifest assembled from their records.
 
 Which inputs go into which shard is fixed before conversion: shard k of a split holds inputs
-k*shard_size .. (k+1)*shard_size-1 in the source's stable order. Each Ray task converts its
+k*shard_size .. (k+1)*shard_size-1 of the split in shard order (`shard_order`: the source's stable
+order, shuffled with a seed fixed by the split's name). Each Ray task converts its
 inputs and writes its own shard (segdist.shardtask); the driver only schedules tasks (at most
 2 x workers in flight), collects their small records and writes the manifest. Shards are
 therefore byte-identical for any number of workers and nodes, and memory stays bounded.
@@ -20,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +39,7 @@ from segdist.sources.common import DataError, label_dtype
 from segdist.staging import Staging
 
 FORMAT = "segdist-shards/2"  # 2: shard records list `offsets`; shard k of a split may have parts k_1, k_2, ...
+SHARD_ORDER = "shuffled/1"  # how shard_order arranges a split's inputs (in the resume fingerprint)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def fingerprint(job: PrepareJob, split: str) -> str:
     settings = {"segdist": __version__, "format": FORMAT, "split": split, "classes": job.classes,
                 "palette": job.palette, "ignore_index": job.ignore_index, "source": job.source,
                 "convert": job.convert, "shard_size": job.shard_size, "shard_bytes": job.shard_bytes,
-                "unpaired": dict(job.unpaired)}
+                "unpaired": dict(job.unpaired), "order": SHARD_ORDER}
     text = json.dumps([settings, job.splits[split]], sort_keys=True, default=_jsonable)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -204,8 +207,20 @@ def _input_name(spec: object) -> str:
     return str(getattr(spec, "path", None) or getattr(spec, "image_path", None) or spec.key)
 
 
+def shard_order(job: PrepareJob, split: str) -> list:
+    """A split's inputs in the order its shards hold them: shuffled, seeded by the split's name.
+
+    Sources list inputs by sequence, city or id; in that order each shard would hold a few video
+    sequences (CamVid train: 2 shards), and a training stream, which draws whole shards into its
+    shuffle buffer, would mix the split far worse than a shuffled DataLoader does.
+    """
+    specs = list(job.splits[split])
+    random.Random(f"segdist shard order {split}").shuffle(specs)
+    return specs
+
+
 def _chunks(job: PrepareJob, split: str) -> list[Sequence]:
-    specs = job.splits[split]
+    specs = shard_order(job, split)
     return [specs[i : i + job.shard_size] for i in range(0, len(specs), job.shard_size)]
 
 

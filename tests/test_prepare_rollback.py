@@ -9,7 +9,18 @@ from helpers import manifest
 from PIL import Image
 
 N, SHARD = 12, 3  # four shards; the bad mask is the last input of the third
-BAD = 8
+
+
+def _held_last_by_shard(k: int, split: str = "train") -> int:
+    """The input index that shard k of `split` holds last (prepare shuffles a split's inputs into shards)."""
+    from types import SimpleNamespace
+
+    from segdist.shards import shard_order
+
+    return shard_order(SimpleNamespace(splits={split: list(range(N))}), split)[k * SHARD + SHARD - 1]
+
+
+BAD = _held_last_by_shard(2)
 
 
 def _folder(root, bad: str, bad_index: int = BAD):
@@ -58,9 +69,9 @@ def shard_records(monkeypatch):
 
 
 MESSAGES = {
-    "values": ("f08.png: mask values [9] are outside the class range 0..2",
+    "values": (f"f{BAD:02d}.png: mask values [9] are outside the class range 0..2",
                "(map them with --source-ignore K or --unknown-to-ignore)"),
-    "colours": ("f08.png: colours ['#010203'] are not in the palette",
+    "colours": (f"f{BAD:02d}.png: colours ['#010203'] are not in the palette",
                 "(add them to --palette or pass --unknown-to-ignore)"),
 }
 
@@ -100,7 +111,8 @@ def test_an_error_in_the_third_shard_leaves_another_split_and_the_manifest_untou
 def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path, prepare, capsys, monkeypatch):
     from segdist import shards
 
-    args = _folder(tmp_path, "values", bad_index=N - 1)  # in the last shard: the rerun writes shards before it
+    last = _held_last_by_shard(N // SHARD - 1)  # in the last shard: the rerun writes shards before it
+    args = _folder(tmp_path, "values", bad_index=last)
     out = tmp_path / "out"
     real = shards.run_tasks
 
@@ -118,5 +130,5 @@ def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path
     monkeypatch.setattr(shards, "run_tasks", real)
     with pytest.raises(SystemExit):
         prepare(*args, "--out", out)
-    assert "f11.png: mask values [9]" in capsys.readouterr().err
+    assert f"f{last:02d}.png: mask values [9]" in capsys.readouterr().err
     assert _snapshot(out) == before

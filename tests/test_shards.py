@@ -128,11 +128,13 @@ def test_offsets_point_at_each_samples_first_header(tmp_path, prepare):
     (shard,) = manifest(out)["splits"]["train"]["shards"]
     data = (out / shard["name"]).read_bytes()
     assert len(shard["offsets"]) == shard["samples"] == 3 and shard["offsets"][0] == 0
-    for stem, offset in zip(stems, shard["offsets"]):
+    firsts = []
+    for offset in shard["offsets"]:
         with tarfile.open(fileobj=io.BytesIO(data[offset:])) as tar:
             first = tar.next()
-        assert first.name == f"{stem}.json"
+        firsts.append(first.name)
         assert (first.mtime, first.uid, first.gid, first.uname, first.gname, first.mode) == (0, 0, 0, "", "", 0o444)
+    assert sorted(firsts) == sorted(f"{stem}.json" for stem in stems)  # every sample's first member, in shard order
 
 
 def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_records(
@@ -182,3 +184,16 @@ def test_shard_files_are_byte_identical_to_pythons_tarfile_with_fixed_headers(tm
     assert (tmp_path / "train-000000.tar").read_bytes() == reference.getvalue()
     assert part.offsets == offsets and part.bytes == len(reference.getvalue()) and part.samples == 3
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_shards_mix_the_whole_split_in_a_seeded_order():
+    # sources list inputs sequence by sequence: in that order each shard would hold a few sequences
+    from types import SimpleNamespace
+
+    from segdist.shards import shard_order
+
+    job = SimpleNamespace(splits={"train": list(range(200)), "val": list(range(200))})
+    order = shard_order(job, "train")
+    assert sorted(order) == list(range(200)) and order == shard_order(job, "train") != shard_order(job, "val")
+    first_shard = order[:100]
+    assert 35 <= sum(i < 100 for i in first_shard) <= 65  # both halves of the split, about evenly
