@@ -1,7 +1,8 @@
 """How well the training stream mixes a split: the video sequences in each process's epoch.
 
-CamVid's images sit in shards in file order, i.e. by video sequence (0001TP, 0006R0, 0016E5,
-Seq05VD). segdist's training stream draws shards with replacement and passes them through a
+CamVid's files are named by video sequence (0001TP, 0006R0, 0016E5, Seq05VD); `prepare` shuffles
+a split's inputs into its shards (before 2026-11-22 it kept file order, so each shard held a few
+sequences). segdist's training stream draws shards with replacement and passes them through a
 shuffle buffer that starts empty each epoch (segdist/data.py). This replays that stream's sample
 order (the same seeds and code, no decoding) and measures, per process and epoch, the total
 variation distance between the sequences it saw and the split's own mix; 0 is a perfect mix.
