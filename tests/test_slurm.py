@@ -128,7 +128,9 @@ def prepared(cluster: SlurmCluster) -> tuple[Path, Job]:
 def test_prepare_runs_ray_tasks_on_both_nodes(cluster: SlurmCluster, prepared: tuple[Path, Job]) -> None:
     shards, job = prepared
     assert job.ok, job.output[-5000:]
-    assert re.search(r"ray: split 'train' converted in \d+ tasks on 2 node\(s\)", job.output), job.output[-3000:]
+    # Ray places these small tasks as it likes (one split's may all land on one node): both nodes over the job
+    used = re.findall(r"ray: split '\w+' converted in \d+ tasks on \d+ node\(s\): (.*)", job.output)
+    assert len({node.split("=")[0] for line in used for node in line.split(", ")}) == 2, job.output[-3000:]
     # each Ray node bounded by the job's allocation: 1 CPU, --mem split into heap + object store
     nodes = re.findall(r"ray node (n\d): (\d+) CPUs, (\d+) bytes heap, (\d+) bytes object store", job.output)
     assert sorted(n[0] for n in nodes) == ["n1", "n2"]
