@@ -8,9 +8,10 @@ written into the run's config.yaml, so `--resume` keeps the same schedule.
 
 A few calibration steps misjudge a noisy machine's steady pace (on CamVid, 2 processes on 2 cores:
 1.65 s a step where the run then averaged 1.9 s, an 8% overrun). So the run checks once, at the
-end of the LR warmup (or after CHECK_AFTER steps): the mean step time measured so far replaces the
-calibrated one and the step count is planned again for what is left. Before the decay starts the
-schedule does not depend on the step count, so the whole decay follows the corrected length.
+end of the LR warmup but not before CHECK_AFTER steps, and only if that falls in the first quarter
+of the plan: the mean step time measured so far replaces the calibrated one and the step count is
+planned again for what is left. Before the decay starts the schedule does not depend on the step
+count, so the whole decay follows the corrected length. A slowdown after the check is not seen.
 """
 
 from __future__ import annotations

@@ -229,8 +229,8 @@ def small_tmpfs(tmp_path):
 
 def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_previous_checkpoint(shards, small_tmpfs):
     out = run_train(shards, small_tmpfs, *DEMO_MODEL, "train.max_steps=6", "data.epoch_samples=64",
-                    "train.checkpoint_every=2", "train.name=full", "train.val_every=100", "optim.name=sgd", "optim.momentum=0.0",
-                    launch=launcher(), expect=-1)
+                    "train.checkpoint_every=2", "train.name=full", "train.val_every=100", "optim.name=sgd",
+                    "optim.momentum=0.0", launch=launcher(), expect=-1)
     checkpoints = small_tmpfs / "full/checkpoints"
     assert f"could not write checkpoint {checkpoints / 'step_00000004'}" in out
     assert "No space left on device" in out or "Errno 28" in out, out[-3000:]
