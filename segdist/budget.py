@@ -7,11 +7,14 @@ training, validations and final checkpoint fit in what is left of the budget. Th
 written into the run's config.yaml, so `--resume` keeps the same schedule.
 
 A few calibration steps misjudge a noisy machine's steady pace (on CamVid, 2 processes on 2 cores:
-1.65 s a step where the run then averaged 1.9 s, an 8% overrun). So the run checks once, at the
-end of the LR warmup but not before CHECK_AFTER steps, and only if that falls in the first quarter
-of the plan: the mean step time measured so far replaces the calibrated one and the step count is
-planned again for what is left. Before the decay starts the schedule does not depend on the step
-count, so the whole decay follows the corrected length. A slowdown after the check is not seen.
+1.65 s a step where the run then averaged 1.9 s, an 8% overrun), and a shared host can slow down
+later in the run. So the run checks its pace: first at the end of the LR warmup but not before
+CHECK_AFTER steps (if that falls in the first quarter of the plan), then every tenth of the plan
+(at least CHECK_AFTER steps apart) until CHECKS_UNTIL of it. Each check takes the mean step time
+since the previous one as the pace, scales the calibrated validation and checkpoint costs by the
+same factor, and plans the steps that fit what is left. The LR schedule is refitted, not restarted
+(optim.lr_factor): continuous at the check, its decay ending at the new last step. The checks and
+their counts are kept in the checkpoints, so a resumed run follows the same schedule.
 """
 
 from __future__ import annotations
@@ -52,15 +55,17 @@ class Costs:
 
 @dataclass(frozen=True)
 class Check:
-    """The one re-planning of a budget run: at which optimizer step, and the calibrated costs."""
+    """A budget run's next re-planning: at which optimizer step, how far apart they are, the calibrated costs."""
 
     at_update: int
+    every: int
     costs: Costs
 
 
-CHECK_AFTER = 20  # optimizer steps: the fewest whose mean step time is taken as the steady pace
+CHECK_AFTER = 20  # optimizer steps: the fewest whose mean step time is taken as the pace
+CHECKS_UNTIL = 0.9  # no check in the last tenth of the plan: too few steps left to act on
 TIMED_FROM = 3  # the first updates carry the loader's start-up, a one-off cost
-MAX_GROWTH = 2  # a check may at most double the step count (the loader is opened that far)
+MAX_GROWTH = 2  # checks may at most double the planned step count (the loader is opened that far)
 
 
 @dataclass
@@ -232,24 +237,27 @@ def plan_steps(s) -> int:  # noqa: ANN001
           f"{steps} optimizer steps ({steps / per_epoch_updates:.1f} epochs); train.max_steps={steps} is written "
           f"into the run's config.yaml")
     check_at = max(cfg.optim.warmup_steps, CHECK_AFTER)
-    s.budget_check = Check(check_at, costs) if check_at <= steps // 4 else None
+    s.budget_check = Check(check_at, max(CHECK_AFTER, steps // 10), costs) if check_at <= steps // 4 else None
     return steps
 
 
 def replan(s) -> int | None:  # noqa: ANN001 - a train.Session
-    """At `s.budget_check`: the steps that fit what is left at the pace measured so far, or None if unchanged.
+    """At `s.budget_check`: the steps that fit what is left at the pace since the last check, or None if unchanged.
 
-    Every rank takes the mean of the ranks' measured step times, so all choose the same count.
+    Every rank takes the mean of the ranks' measured step times, so all choose the same count and
+    the same next check.
     """
     from segdist.distributed import agree
 
-    check, s.budget_check = s.budget_check, None
-    world = s.accelerator.num_processes
+    check, world, state = s.budget_check, s.accelerator.num_processes, s.state
     step = agree(s.accelerator, s.step_clock.mean())[0] / world
-    done = s.state["update"]
-    steps = fitting_steps(s, seconds_left(s), Costs(step, check.costs.validation, check.costs.checkpoint), done)
-    steps = min(max(steps, done + 1), MAX_GROWTH * s.state["max_steps"])
-    change = "keeps" if steps == s.state["max_steps"] else f"was {s.state['max_steps']}, now"
+    s.step_clock = StepClock()
+    pace = step / check.costs.step  # the host's speed now against the calibration's, for every kind of work
+    costs = Costs(step, check.costs.validation * pace, check.costs.checkpoint * pace)
+    done, was = state["update"], state["max_steps"]
+    steps = min(max(fitting_steps(s, seconds_left(s), costs, done), done + 1), MAX_GROWTH * state["planned_steps"])
+    following = done + check.every
+    s.budget_check = Check(following, check.every, check.costs) if following <= CHECKS_UNTIL * steps else None
     s.say(f"\nbudget check at step {done}: a step took {step:.3f} s (calibration: {check.costs.step:.3f} s) -> "
-          f"{change} {steps} optimizer steps")
-    return None if steps == s.state["max_steps"] else steps
+          f"{'keeps' if steps == was else f'was {was}, now'} {steps} optimizer steps")
+    return None if steps == was else steps

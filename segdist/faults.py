@@ -6,8 +6,8 @@ the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the ch
 place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
 becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget),
 `slow_step` (every training step takes SLOW_STEP_S longer; the budget's calibration steps do not).
-`@step` limits it to one optimizer step (or batch, for `loader`), `#rank` to one rank. Several
-faults: separate them with commas.
+`@step` limits it to one optimizer step (or batch, for `loader`), `@step+` to that step and every
+later one, `#rank` to one rank. Several faults: separate them with commas.
 """
 
 from __future__ import annotations
@@ -37,10 +37,17 @@ def armed(point: str) -> bool:
             continue
         if rank and int(rank) != int(os.environ.get("RANK", "0")):
             continue
-        if step and (_step is None or int(step) != _step):
+        if step and not _at(step):
             continue
         return True
     return False
+
+
+def _at(step: str) -> bool:
+    """Whether the process is at optimizer step `step` ('7'), or at or after it ('7+')."""
+    if _step is None:
+        return False
+    return _step >= int(step.removesuffix("+")) if step.endswith("+") else _step == int(step)
 
 
 def hit(point: str) -> None:

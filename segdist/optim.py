@@ -28,15 +28,31 @@ def build_scheduler(o: OptimConfig, optimizer: torch.optim.Optimizer, total_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(o, total_steps))
 
 
-def set_total_steps(scheduler, o: OptimConfig, total_steps: int) -> None:  # noqa: ANN001
-    """Stretch or shrink a LambdaLR schedule to `total_steps` from the next step on (plateau: nothing to do)."""
+def refit_schedule(scheduler, o: OptimConfig, total_steps: int, refits: list) -> None:  # noqa: ANN001
+    """Give a LambdaLR the schedule of `total_steps` bent by `refits` (see lr_factor); plateau: nothing to do."""
     if not is_plateau(scheduler):
-        scheduler.lr_lambdas = [lr_factor(o, total_steps)]
+        scheduler.lr_lambdas = [lr_factor(o, total_steps, refits)]
 
 
-def lr_factor(o: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """The LR multiplier at each step: linear warmup, then the configured decay over `total_steps`."""
-    def factor(step: int) -> float:
+def lr_factor(o: OptimConfig, total_steps: int, refits: list = ()) -> Callable[[float], float]:
+    """The LR multiplier at each step: linear warmup, then the configured decay over `total_steps`.
+
+    Each `(at, steps)` in `refits` (a budget's re-plans, in order) fits what is left of the schedule
+    after step `at` into a new total of `steps`: the LR is continuous there and the decay still
+    ends at the last step. Refitted at the end of the warmup, it is the plain schedule of `steps`.
+    """
+    factor = _schedule(o, total_steps)
+    for at, steps in refits:
+        factor, total_steps = _stretched(factor, at, (total_steps - at) / max(steps - at, 1)), steps
+    return factor
+
+
+def _stretched(factor: Callable[[float], float], at: int, scale: float) -> Callable[[float], float]:
+    return lambda step: factor(step if step <= at else at + (step - at) * scale)
+
+
+def _schedule(o: OptimConfig, total_steps: int) -> Callable[[float], float]:
+    def factor(step: float) -> float:
         if step < o.warmup_steps:
             return (step + 1) / o.warmup_steps
         progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))

@@ -30,7 +30,7 @@ from segdist.data import (SKIP_REASONS, DatasetInfo, Normalizer, eval_loader, lo
 from segdist.distributed import agree, broadcast_buffers, make_accelerator, print_line, sync_batchnorm
 from segdist.ema import make_ema
 from segdist.manifest import write_json_atomic
-from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau, set_total_steps
+from segdist.optim import build_criterion, build_optimizer, build_scheduler, is_plateau, refit_schedule
 from segdist.sources.common import DataError
 
 DATA_BOUND_SHARE = 0.10  # warn when the loop waits for data longer than this share of the time
@@ -94,7 +94,7 @@ class Session:
     warned_data_bound: bool = False
     started: float = field(default_factory=time.time)
     step_clock: StepClock = field(default_factory=StepClock)
-    budget_check: Check | None = None  # when a budget run re-plans its step count (budget.replan)
+    budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
 
     @property
     def main(self) -> bool:
@@ -109,7 +109,8 @@ class Session:
 def new_state() -> dict:
     return {"batch": 0, "update": 0, "epoch": 0, "validated_at": 0, "best_miou": -1.0, "best_step": None,
             "stale": 0, "last_miou": None, "nonfinite_skipped": 0, "nonfinite_in_a_row": 0,
-            "data_skipped": dict.fromkeys(SKIP_REASONS, 0), "storage_retries": 0}  # summed over all ranks
+            "data_skipped": dict.fromkeys(SKIP_REASONS, 0), "storage_retries": 0,  # summed over all ranks
+            "replans": []}  # a budget's [step, new step count] pairs, which bend the LR schedule
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
@@ -173,7 +174,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
                 build_criterion(cfg, info).to(accelerator.device),
                 Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, per_epoch, 0, new_state())
     s.started = started
-    s.state["max_steps"] = cfg.train.max_steps = planned_steps(s, resume_from)
+    s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = planned_steps(s, resume_from)
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, run_dir / "config.yaml")
     s.total_batches = s.state["max_steps"] * cfg.optim.accumulate
@@ -183,6 +184,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     set_seed(cfg.train.seed, device_specific=True)
     if resume_from is not None:
         restore(s, resume_from)
+        refit_schedule(s.scheduler, cfg.optim, s.state["planned_steps"], s.state["replans"])
     if s.main:
         tracking.start(accelerator, cfg, run_dir)
         truncate_log(run_dir / "train_log.jsonl", s.state["update"])
@@ -268,7 +270,7 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
             return outcome
         if state["update"] % cfg.train.log_every == 0:
             log_interval(s, bar)
-        if s.budget_check and state["update"] == s.budget_check.at_update:
+        if s.budget_check and state["update"] >= s.budget_check.at_update:
             check_budget(s, bar)
         every = cfg.train.checkpoint_every
         if every and state["update"] % every == 0 and state["batch"] < epoch_end:
@@ -277,13 +279,14 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
 
 
 def check_budget(s: Session, bar: tqdm) -> None:
-    """The budget's one re-planning (budget.replan): a new step count, schedule and config.yaml."""
+    """A budget's re-planning (budget.replan): a new step count, a refitted schedule, config.yaml."""
     steps = replan(s)
     if steps is None:
         return
+    s.state["replans"].append([s.state["update"], steps])
     s.state["max_steps"] = s.cfg.train.max_steps = steps
     s.total_batches = steps * s.cfg.optim.accumulate
-    set_total_steps(s.scheduler, s.cfg.optim, steps)
+    refit_schedule(s.scheduler, s.cfg.optim, s.state["planned_steps"], s.state["replans"])
     if s.main:
         save_config(s.cfg, s.run_dir / "config.yaml")
     bar.total = s.total_batches
