@@ -10,7 +10,7 @@ the whole split, predictions at the label's resolution (360x480), class 11 (Unla
   U-Net-ResNet18, Adam, unweighted CE, inputs resized to 180x240, batch 8, one process, trained
   for the same minutes, then scored (its predictions upsampled to the labels' size).
 
-    python benchmarks/camvid.py [--minutes 50] [--recipe configs/camvid-cpu-50m.yaml] [--skip-plain]
+    python benchmarks/camvid.py [--minutes 50] [--recipe configs/camvid-cpu-50m.yaml] [--skip-plain | --skip-segdist]
 """
 
 from __future__ import annotations
@@ -63,12 +63,15 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "configs/camvid-cpu-50m.yaml")
     parser.add_argument("--tta", default="flip", help="evaluate's --tta for segdist (none, flip, ...)")
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--skip-segdist", action="store_true", help="train and score the plain loop only")
     parser.add_argument("--work", type=Path, default=None, help="keep shards and runs here")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="camvid-bench-"))
     if not (work / "shards/dataset.json").exists():
         prepare(work / "shards")
-    results = {"segdist": run_segdist(args.recipe, work / "shards", work / "runs", args.minutes, args.tta)}
+    results = {}
+    if not args.skip_segdist:
+        results["segdist"] = run_segdist(args.recipe, work / "shards", work / "runs", args.minutes, args.tta)
     if not args.skip_plain:
         results["plain loop"] = run_plain(args.minutes, work)
     print(f"\nCamVid val (101 images, 11 classes), {args.minutes:g} minutes of training on this machine:")

@@ -103,7 +103,7 @@ def test_a_budget_sets_max_steps_that_fit_even_when_the_machine_slows_down_and_r
 def test_every_rank_plans_the_same_steps_when_the_processes_started_at_different_times(shards, tmp_path):
     # rank 1 counts 30 s more since its start (a slower node): planning from its own clock, it chose
     # fewer steps than rank 0 and the job broke in mismatched collectives at the end
-    out = run_train(shards, tmp_path, "train.budget=45s", "data.epoch_samples=16", "data.workers=0",
+    out = run_train(shards, tmp_path, "train.budget=35s", "data.epoch_samples=16", "data.workers=0",
                     "train.name=skew", "train.collective_timeout=30", launch=launcher(),
                     env={"SEGDIST_FAULT": "late_start#1"})
     chosen = yaml.safe_load((tmp_path / "skew/config.yaml").read_text())["train"]["max_steps"]
