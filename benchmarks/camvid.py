@@ -69,7 +69,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="camvid-bench-"))
     if not (work / "shards/dataset.json").exists():
         prepare(work / "shards")
-    results = {}
+    saved = work / "camvid_results.json"  # a run of one pipeline keeps the other's last figures
+    results = json.loads(saved.read_text()) if saved.exists() else {}
     if not args.skip_segdist:
         results["segdist"] = run_segdist(args.recipe, work / "shards", work / "runs", args.minutes, args.tta)
     if not args.skip_plain:
@@ -79,8 +80,8 @@ def main() -> None:
     print("|---|---:|---:|" + "---:|" * len(CLASSES))
     for label, r in results.items():
         print(f"| {label} | {r['steps']} | {r['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in r["per_class_iou"]) + " |")
-    (work / "camvid_results.json").write_text(json.dumps(results, indent=1))
-    print(f"(all figures in {work / 'camvid_results.json'})")
+    saved.write_text(json.dumps(results, indent=1))
+    print(f"(all figures in {saved})")
 
 
 if __name__ == "__main__":
