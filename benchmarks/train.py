@@ -10,7 +10,7 @@
     same from samples of each rank, which the machine's drifting load does not move.
 (c) the loader alone: `segdist bench-data` vs the folder Dataset's DataLoader on the same images.
 
-    python benchmarks/train.py [--steps 40] [--repeat 2] [--parts a,b,c]
+    python benchmarks/train.py [--steps 40] [--repeat 2] [--parts a,b,c] [--processes 1,2] [--set KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,12 +64,15 @@ def images_per_second(times: list[float], images_per_step: int) -> float:
     return images_per_step * (len(steady) - 1) / (steady[-1] - steady[0])
 
 
-def segdist_rate(shards: Path, work: Path, processes: int, steps: int, in_memory: bool = False) -> float:
+def segdist_rate(shards: Path, work: Path, processes: int, steps: int, in_memory: bool = False,
+                 overrides: Sequence[str] = ()) -> float:
     name = f"{'mem' if in_memory else 'e2e'}{processes}-{time.time_ns()}"
     entry = [str(REPO / "benchmarks/segdist_in_memory.py")] if in_memory else ["-m", "segdist", "train"]
+    # (b) compares the loops alone: the same (contiguous) memory format as the bare loop's model
+    like_for_like = ["model.channels_last=false"] if in_memory else []
     cmd = [*launch(processes, accelerate=True), *entry, "--config", str(REPO / "configs/demo.yaml"),
            f"data.shards={shards}", f"train.runs_dir={work}", f"train.name={name}", f"train.max_steps={steps}",
-           *SAME_AS_PLAIN]
+           *SAME_AS_PLAIN, *like_for_like, *overrides]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = [json.loads(line) for line in (work / name / "train_log.jsonl").read_text().splitlines()]
     return images_per_second([e["time"] for e in log], 8 * processes)
@@ -137,6 +141,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--parts", default="a,b,c")
+    parser.add_argument("--processes", default="1,2", help="(a): the process counts to compare")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="(a): a config override for segdist, e.g. model.channels_last=false")
     parser.add_argument("--seconds", type=float, default=20.0, help="(c): measuring time per loader")
     args = parser.parse_args()
     if not CAMVID.is_dir():
@@ -146,9 +153,11 @@ def main() -> None:
         shards = prepare_camvid(work / "camvid")
         if "a" in args.parts:
             print(f"(a) end to end, real CamVid, U-Net-ResNet18 from scratch, 192x256, batch 8 per process, "
-                  f"1 loader worker, Adam, {args.steps} steps ({WARM} left out):", flush=True)
-            for processes in (1, 2):
-                compare(f"{processes} process(es)", lambda p=processes: segdist_rate(shards, work, p, args.steps),
+                  f"1 loader worker, Adam, {args.steps} steps ({WARM} left out); segdist's overrides: "
+                  f"{args.set or 'none'}:", flush=True)
+            for processes in map(int, args.processes.split(",")):
+                compare(f"{processes} process(es)",
+                        lambda p=processes: segdist_rate(shards, work, p, args.steps, overrides=args.set),
                         lambda p=processes: plain_rate(p, args.steps), args.repeat)
         if "b" in args.parts:
             print("(b) the loop alone, 2 processes (DDP over gloo), one in-memory batch of 8 x 3 x 192 x 256:",

@@ -60,7 +60,7 @@ class ModelConfig:
     decoder_dropout: float = 0.0
     encoder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. {drop_path_rate: 0.1}
     arch_kwargs: dict = field(default_factory=dict)  # passed to the smp architecture, e.g. {decoder_channels: [...]}
-    channels_last: bool = False
+    channels_last: bool | None = None  # null: on for CPU and for CUDA with bf16/fp16, off for CUDA fp32
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm across processes: CUDA only (refused for CPU processes)
 

@@ -69,7 +69,7 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
                      batch_size=batch_size, workers=workers) as loader, \
             tqdm(total=math.ceil(expected / world), disable=not main, desc=f"evaluate {split}", unit="img",
                  dynamic_ncols=True) as bar:
-        scored = score(run.model.to(device), loader, run.normalizer().to(device), metrics, device=device,
+        scored = score(run.model_on(device), loader, run.normalizer().to(device), metrics, device=device,
                        precision=precision, mode=mode, crop=crop, stride=stride, tta=tta, progress=bar.update,
                        on_prediction=writer)
     confusion = metrics.confusion()  # collective: sums every process's matrix

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from segdist.config import ModelConfig
 
 __all__ = ["ARCHS", "MIT_ENCODERS", "SMP_ARCHS", "ModelOptionError", "ResUNetAttention", "build_from_config",
-           "build_model", "check_model", "output_stride_choices"]
+           "build_model", "check_model", "output_stride_choices", "use_channels_last"]
 
 
 def build_model(
@@ -104,6 +104,18 @@ def build_from_config(cfg: ModelConfig, num_classes: int, pretrained: bool = Tru
     return build_model(cfg.arch, cfg.encoder, num_classes, encoder_weights=cfg.encoder_weights if pretrained else None,
                        output_stride=cfg.output_stride, decoder_dropout=cfg.decoder_dropout,
                        encoder_kwargs=cfg.encoder_kwargs, arch_kwargs=cfg.arch_kwargs)
+
+
+def use_channels_last(setting: bool | None, device: torch.device | str, mixed_precision: str = "no") -> bool:
+    """Whether convolutions run channels-last: `model.channels_last`, or where it is null, where that is faster.
+
+    On CPU oneDNN's convolutions are faster channels-last (benchmarks/channels_last.py); on CUDA the
+    Tensor Cores gain from it under bf16/fp16 autocast, not in fp32.
+    """
+    if setting is not None:
+        return setting
+    kind = torch.device(device).type
+    return kind == "cpu" or (kind == "cuda" and mixed_precision != "no")
 
 
 def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwargs: dict[str, Any] | None = None,

@@ -104,7 +104,7 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
         files, unnamed = cityscapes_inputs(files)
     write = WRITERS[output_format]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, normalize = run.model.to(device), run.normalizer().to(device)
+    model, normalize = run.model_on(device), run.normalizer().to(device)
     out = Path(out)
     for folder in OUTPUT_FOLDERS[output_format]:
         (out / folder).mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from segdist import checkpoints
 from segdist.config import Config, ConfigError, load_config
 from segdist.data import DatasetInfo, Normalizer, normalization
 from segdist.ema import model_weights
-from segdist.models import build_from_config
+from segdist.models import build_from_config, use_channels_last
 from segdist.sources.common import DataError
 
 CHECKPOINT_CHOICES = "best, last or a checkpoint path"
@@ -42,6 +42,11 @@ class Run(DatasetInfo):
     def eval_size(self) -> int | None:
         """Long side images are resized to before inference (`data.val_size`), as in validation."""
         return self.config.data.val_size
+
+    def model_on(self, device: torch.device) -> torch.nn.Module:
+        """The model on `device`, channels-last where the run's `model.channels_last` says so for that device."""
+        channels_last = use_channels_last(self.config.model.channels_last, device, self.config.train.mixed_precision)
+        return self.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def normalizer(self) -> Normalizer:
         """The normalisation the model was trained with (the run's dataset.json or ImageNet's)."""

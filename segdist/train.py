@@ -95,6 +95,7 @@ class Session:
     started: float = field(default_factory=time.time)
     step_clock: StepClock = field(default_factory=StepClock)
     budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
+    channels_last: bool = False  # the model and its inputs are channels-last (models.use_channels_last)
 
     @property
     def main(self) -> bool:
@@ -143,7 +144,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     """Process group, run directory, data, model, optimiser, schedule and, on --resume, the saved state."""
     from accelerate.utils import set_seed
 
-    from segdist.models import build_from_config
+    from segdist.models import build_from_config, use_channels_last
 
     info = load_dataset_info(cfg.data.shards)
     info.shards(cfg.data.train_split), info.shards(cfg.data.val_split)  # fail now if a split is missing
@@ -162,7 +163,8 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     model = build_from_config(cfg.model, info.num_classes)
     if cfg.model.sync_bn:
         model = sync_batchnorm(accelerator, model)
-    if cfg.model.channels_last:
+    channels_last = use_channels_last(cfg.model.channels_last, accelerator.device, cfg.train.mixed_precision)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optim, model)
     per_epoch = steps_per_epoch(cfg.data, info, accelerator.num_processes)
@@ -173,7 +175,7 @@ def setup(cfg: Config, resume: str | None, started: float) -> Session:
     s = Session(cfg, info, accelerator, run_dir, model, optimizer, None,
                 build_criterion(cfg, info).to(accelerator.device),
                 Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, per_epoch, 0, new_state())
-    s.started = started
+    s.started, s.channels_last = started, channels_last
     s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = planned_steps(s, resume_from)
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, run_dir / "config.yaml")
@@ -248,7 +250,7 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         note_unread(s, unread)
         images = s.normalize(images.to(accelerator.device, non_blocking=True))
         labels = labels.to(accelerator.device, non_blocking=True).long()
-        if cfg.model.channels_last:
+        if s.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(s.model):
             faults.at_step(state["update"] + 1)

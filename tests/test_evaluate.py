@@ -183,3 +183,12 @@ def test_checkpoint_choices_and_user_errors(tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("evaluate", "--run", tmp_path)
     assert "is not a segdist run: config.yaml is missing" in capsys.readouterr().err
+
+
+def test_the_model_runs_channels_last_on_cpu_unless_the_run_says_otherwise(tiny_run):
+    run = load_run(tiny_run)
+    conv = next(m for m in run.model_on(torch.device("cpu")).modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    run.config.model.channels_last = False
+    conv = next(m for m in run.model_on(torch.device("cpu")).modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()

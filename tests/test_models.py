@@ -15,7 +15,7 @@ from tiny_models import TINY, input_size, tiny_model
 from torch import nn
 
 from segdist.model_options import MIT_UNSUPPORTED
-from segdist.models import ARCHS, SMP_ARCHS, ModelOptionError, build_model, check_model
+from segdist.models import ARCHS, SMP_ARCHS, ModelOptionError, build_model, check_model, use_channels_last
 
 NUM_CLASSES = 5
 
@@ -288,3 +288,12 @@ def test_resunet_attention_weights_get_gradients() -> None:
         assert param.grad is not None
         assert torch.isfinite(param.grad).all()
         assert param.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("setting", "device", "precision", "expected"), [
+    (None, "cpu", "no", True), (None, "cpu", "bf16", True), (None, "cuda", "no", False),
+    (None, "cuda", "bf16", True), (None, "cuda", "fp16", True), (False, "cpu", "no", False),
+    (True, "cuda", "no", True)])
+def test_channels_last_is_on_where_it_is_faster_unless_set(setting: bool | None, device: str, precision: str,
+                                                           expected: bool) -> None:
+    assert use_channels_last(setting, device, precision) is expected
