@@ -3,7 +3,8 @@
 (a) end to end on the real CamVid (../shared/data/camvid): `segdist train` vs the hand-written
     loop the prior reports use (benchmarks/plain_loop.py: folder Dataset with PIL, albumentations,
     the same smp U-Net-ResNet18 from scratch, Adam, CE), 192x256 crops, batch 8, 1 loader worker,
-    with 1 process and with 2 processes (DDP, gloo). Images/s over the steady steps.
+    with 1 process and with 2 processes (DDP, gloo). Images/s over the steady steps. segdist runs
+    with its defaults (channels-last on CPU); `--set model.channels_last=false` compares like for like.
 (b) the loop itself with 2 processes: segdist's loop (benchmarks/segdist_in_memory.py) vs the bare
     DDP loop, both fed one in-memory batch, so only the loops differ; collectives and syncs included.
     Wall clock, the order alternating between repeats; benchmarks/loop_profile.py measures the
