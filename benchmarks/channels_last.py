@@ -1,7 +1,7 @@
 """Channels-last against contiguous on this machine's CPU: a training step and an inference batch, per model.
 
 segdist runs convolutions channels-last on CPU by default (`model.channels_last: null`,
-segdist.models.use_channels_last). This measures what that choice is worth: the same model twice
+segdist.models.factory.use_channels_last). This measures what that choice is worth: the same model twice
 (same initial weights), one contiguous and one channels-last, their steps interleaved with the
 order alternating so the machine's drifting load falls on both alike. A training step is
 forward, cross-entropy, backward and Adam on random inputs; inference is a no-grad forward and

@@ -53,9 +53,9 @@ def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bench_model(arch: str, encoder: str, n: int, repeats: int) -> dict[str, float]:
-    from segdist.inference import labels_at
-    from segdist.metrics import SegmentationMetrics
+    from segdist.evaluation.metrics import SegmentationMetrics
     from segdist.models import build_model
+    from segdist.models.inference import labels_at
 
     torch.manual_seed(0)
     model = build_model(arch, encoder, CLASSES).eval()
@@ -78,7 +78,7 @@ def bench_model(arch: str, encoder: str, n: int, repeats: int) -> dict[str, floa
 
 
 def _sync_worker(rank: int, port: int, repeats: int, results) -> None:  # noqa: ANN001
-    from segdist.metrics import SegmentationMetrics
+    from segdist.evaluation.metrics import SegmentationMetrics
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)

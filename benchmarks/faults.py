@@ -1,7 +1,7 @@
 """Time from a fault to the end of the job, for each fault docs/reliability.md lists.
 
 Each scenario runs a small 2-process CPU (gloo) training job on synthetic data, injects one fault
-(SEGDIST_FAULT, see segdist/faults.py, or a real kill -9 / a full tmpfs / a signal) and measures,
+(SEGDIST_FAULT, see segdist/utils/faults.py, or a real kill -9 / a full tmpfs / a signal) and measures,
 from the moment the fault happened (the job's own "injected fault" line, or the kill / signal
 sent by this script) to the moment every launcher process has exited. The tests in
 tests/test_reliability.py assert the behaviour; this script only measures the times.
@@ -105,7 +105,7 @@ def scenario(label: str, job: Job, fault_time, expect_exit: str) -> dict:  # noq
 
 def main() -> None:
     from segdist.cli import main as cli
-    from segdist.sources.synthetic import write_synthetic_coco
+    from segdist.synth.coco import write_synthetic_coco
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     results = []

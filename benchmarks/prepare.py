@@ -80,7 +80,7 @@ def run_baseline(root: Path, out: Path, workers: int) -> int:
 def run_segdist(root: Path, out: Path, workers: int) -> int:
     """`segdist prepare coco`, starting its own local Ray cluster (start-up included)."""
     from segdist.cli import main
-    from segdist.manifest import read_manifest
+    from segdist.format.manifest import read_manifest
 
     main(["prepare", "coco", "--images", str(root / "train"), "--annotations",
           str(root / "annotations/instances_train.json"), "--classes", ",".join(CLASSES),
@@ -185,11 +185,11 @@ def ray_startup(workers: int) -> tuple[float, float]:
     """Seconds from nothing to a first task done on every worker (as prepare starts), and to shut down."""
     import ray
 
-    from segdist.shards import ray_session
+    from segdist.prepare.driver import ray_session
 
     @ray.remote(num_cpus=1)
     def first_task() -> None:
-        import segdist.shardtask  # noqa: F401 - what a shard task imports
+        import segdist.prepare.task  # noqa: F401 - what a shard task imports
 
     start = time.perf_counter()
     with ray_session(workers, None) as parallel:
@@ -215,14 +215,13 @@ def conversion_profile(root: Path, work: Path, limit: int = 200) -> dict[str, fl
 
     import cv2
 
-    from segdist.encode import label_counts
-    from segdist.shardtask import ShardTask, run_shard_task
-    from segdist.sources import coco
-    from segdist.sources.common import encode_png, read_image
+    from segdist.prepare import coco, coco_json
+    from segdist.prepare.inputs import encode_png, read_image
+    from segdist.prepare.task import ShardTask, label_counts, run_shard_task
 
     cv2.setNumThreads(1)  # as in a Ray worker with num_cpus=1
-    data = coco.load_annotations(root / "annotations/instances_train.json")
-    cats = coco.resolve_classes(CLASSES, data["categories"])
+    data = coco_json.load_annotations(root / "annotations/instances_train.json")
+    cats = coco_json.resolve_classes(CLASSES, data["categories"])
     specs = coco.build_specs(data, root / "train", cats, crowd="ignore", keep_empty=False, per_class=None,
                              seed=0)[0][:limit]
     opts = coco.CocoOptions(num_classes=len(CLASSES) + 1)
@@ -249,7 +248,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", default="640x480")
     args = parser.parse_args()
-    from segdist.sources.synthetic import write_synthetic_coco
+    from segdist.synth.coco import write_synthetic_coco
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     width, height = (int(v) for v in args.size.split("x"))

@@ -11,7 +11,7 @@ and batch size as segdist's. Both sides normalise in the consuming process (coun
 
 Measured:
   baseline   HTTPFolderDataset, 2 requests per sample
-  segdist    `segdist.data.train_loader` with `data.shards=<http URL>`: 1 request per shard (of 64 samples)
+  segdist    `segdist.data.train_loader.train_loader` with `data.shards=<http URL>`: 1 request per shard (of 64 samples)
 
     python benchmarks/remote.py [--images 300] [--workers 2] [--batch 8] [--latency 0.005]
 """
@@ -61,7 +61,7 @@ def make_dataset(work: Path, images: int) -> list[str]:
     import webdataset as wds
 
     from segdist.cli import main
-    from segdist.sources.synthetic import write_synthetic_coco
+    from segdist.synth.coco import write_synthetic_coco
 
     write_synthetic_coco(work / "raw", images, val_images=1, seed=0)
     main(["prepare", "coco", "--images", str(work / "raw/train"), "--annotations",
@@ -92,8 +92,8 @@ class HTTPFolderDataset(Dataset):
         return len(self.keys)
 
     def __getitem__(self, index: int):
-        from segdist.augment import to_tensors
-        from segdist.images import decode_label, decode_rgb
+        from segdist.data.augment import to_tensors
+        from segdist.utils.images import decode_label, decode_rgb
 
         key = self.keys[index]
         image = decode_rgb(fetch(f"{self.base_url}/folder/images/{key}.jpg"))
@@ -104,7 +104,7 @@ class HTTPFolderDataset(Dataset):
 
 def segdist_batches(cfg, info):  # noqa: ANN001, ANN201
     """segdist's own training loader reading the shards from the HTTP server: (images, labels) batches."""
-    from segdist.data import train_loader
+    from segdist.data.train_loader import train_loader
 
     with train_loader(cfg, info, seed=0, rank=0, world_size=1, start=0, end=10**9) as loader:
         for images, labels, _ in loader:
@@ -113,9 +113,9 @@ def segdist_batches(cfg, info):  # noqa: ANN001, ANN201
 
 def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, augment: dict) -> dict:
     """img/s of the baseline and of segdist's loader, same workers, batch and augmentation."""
-    from segdist.augment import train_transform
     from segdist.config import DataConfig
-    from segdist.data import Normalizer, load_dataset_info, normalization
+    from segdist.data.augment import Normalizer, train_transform
+    from segdist.data.info import load_dataset_info, normalization
 
     cfg = DataConfig(shards=f"{base_url}/shards", crop_size=[384, 384], batch_size=batch, workers=workers,
                      epoch_samples=10**6, **augment)

@@ -3,7 +3,7 @@
 CamVid's files are named by video sequence (0001TP, 0006R0, 0016E5, Seq05VD); `prepare` shuffles
 a split's inputs into its shards (before 2026-11-22 it kept file order, so each shard held a few
 sequences). segdist's training stream draws shards with replacement and passes them through a
-shuffle buffer that starts empty each epoch (segdist/data.py). This replays that stream's sample
+shuffle buffer that starts empty each epoch (segdist/data/train_loader.py). This replays that stream's sample
 order (the same seeds and code, no decoding) and measures, per process and epoch, the total
 variation distance between the sequences it saw and the split's own mix; 0 is a perfect mix.
 A DataLoader with shuffle=True (the plain loop) is the baseline: a uniform sample of the same size.
@@ -21,8 +21,9 @@ from collections import Counter
 from pathlib import Path
 
 from segdist.config import DataConfig
-from segdist.data import TrainBatches, load_dataset_info, steps_per_epoch, stream_seed
-from segdist.tarstream import Reader, Skips, shard_samples
+from segdist.data.info import load_dataset_info
+from segdist.data.tar_reader import Reader, Skips, shard_samples
+from segdist.data.train_loader import TrainBatches, steps_per_epoch, stream_seed
 
 
 def sequence(key: str) -> str:

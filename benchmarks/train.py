@@ -115,8 +115,8 @@ def loader_part(shards: Path, seconds: float) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from plain_loop import FolderDataset, augmentation
 
-    from segdist.benchdata import measure
     from segdist.config import load_config
+    from segdist.data.bench import measure
 
     cfg = load_config(REPO / "configs/demo.yaml", [f"data.shards={shards}", *SAME_AS_PLAIN])
     for workers in (1, 2):

@@ -1,21 +1,18 @@
-"""One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo|env`."""
+"""One entry point: `segdist synth|prepare|stats|show|train|bench-data|evaluate|predict|export|demo|env`.
+
+The parser and one thin `cmd_*` function per command; each calls the package that does the work
+(mostly through segdist.api, the same functions notebooks call).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from segdist.sources.common import (
-    DEFAULT_MAX_PIXELS,
-    DataError,
-    check_ignore_index,
-    check_max_pixels,
-    default_ignore_index,
-    parse_classes,
-)
+from segdist.errors import ConfigError, DataError
+from segdist.prepare.inputs import DEFAULT_MAX_PIXELS
+
+DESCRIPTION = "One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo|env`."
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -49,201 +46,77 @@ def _ratios(text: str) -> dict[str, float]:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from segdist.sources import synthetic
-
+    if args.format == "coco":
+        from segdist.synth.coco import write_synthetic_coco as write
+    else:
+        from segdist.synth.cityscapes import write_synthetic_cityscapes as write
     width, height = args.size or ((640, 480) if args.format == "coco" else (512, 256))
-    write = synthetic.write_synthetic_coco if args.format == "coco" else synthetic.write_synthetic_cityscapes
-    counts = write(Path(args.out), args.images, args.val_images, seed=args.seed, width=width, height=height)
+    counts = write(args.out, args.images, args.val_images, seed=args.seed, width=width, height=height)
     print(f"wrote synthetic {args.format} to {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
-if TYPE_CHECKING:
-    from segdist.shards import PrepareJob
+# `segdist prepare SOURCE` options -> the keyword arguments of segdist.prepare.jobs.JOBS[SOURCE] and segdist.api
+PREPARE_OPTIONS = {
+    "coco": ("images", "annotations", "classes", "split", "splits", "per_class", "seed", "overlap", "crowd",
+             "keep_empty"),
+    "cityscapes": ("root", "split", "image_format"),
+    "folder": ("images", "masks", "classes", "split", "palette", "source_ignore", "unknown_to_ignore", "mask_suffix"),
+}
+JOB_OPTIONS = ("ignore_index", "max_pixels", "shard_size", "shard_bytes")
+RUN_OPTIONS = ("out", "workers", "address", "overwrite", "work_dir")
 
 
-def _label_options(args: argparse.Namespace, num_classes: int) -> dict:
-    """The options every source's converter takes: ignore index and pixel limit, checked."""
-    ignore = args.ignore_index if args.ignore_index is not None else default_ignore_index(num_classes)
-    return {"ignore_index": check_ignore_index(ignore, num_classes), "max_pixels": check_max_pixels(args.max_pixels)}
+def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names}
 
 
-def _prepare_coco(args: argparse.Namespace) -> PrepareJob:
-    from segdist.shards import PrepareJob
-    from segdist.viz import default_palette
-    from segdist.sources import coco
-
-    annotations = Path(args.annotations)
-    data = coco.load_annotations(annotations)
-    cats = coco.resolve_classes(parse_classes(args.classes), data["categories"], annotations)
-    specs, orphans = coco.build_specs(
-        data, Path(args.images).resolve(), cats, crowd=args.crowd, keep_empty=args.keep_empty,
-        per_class=args.per_class, seed=args.seed,
-    )
-    if not specs:
-        raise DataError(f"{annotations}: nothing selected: no image holds an instance of {args.classes} (crowd regions "
-                        f"{'count' if args.crowd == 'label' else 'do not count'}); --keep-empty keeps images "
-                        "without; nothing was written")
-    splits = coco.split_by_ratio(specs, args.splits, args.seed) if args.splits else {args.split: specs}
-    classes = ["background"] + [c["name"] for c in cats]
-    opts = coco.CocoOptions(num_classes=len(classes), overlap=args.overlap, crowd=args.crowd,
-                            **_label_options(args, len(classes)))
-    source = {
-        "type": "coco", "images": args.images, "annotations": args.annotations,
-        "category_ids": [c["id"] for c in cats], "overlap": args.overlap, "crowd": args.crowd,
-        "keep_empty": args.keep_empty, "per_class": args.per_class, "splits": args.splits, "seed": args.seed,
-        "max_pixels": opts.max_pixels,
-    }
-    if orphans:  # reported, but no input is skipped for them
-        print(f"{annotations}: annotations pointing at no image: " + ", ".join(f"{k}={v}" for k, v in orphans.items()))
-    return PrepareJob(splits, partial(coco.convert, opts=opts), classes, default_palette(len(classes)),
-                      opts.ignore_index, source, args.shard_size, args.shard_bytes)
-
-
-def _prepare_cityscapes(args: argparse.Namespace) -> PrepareJob:
-    from segdist.shards import PrepareJob
-    from segdist.sources import cityscapes
-
-    specs = cityscapes.build_specs(Path(args.root).resolve(), args.split)
-    if not specs:
-        raise DataError(f"{Path(args.root) / 'leftImg8bit' / args.split}: nothing selected: no "
-                        "*/*_leftImg8bit.png frames")
-    classes = cityscapes.CLASSES
-    opts = cityscapes.CityscapesOptions(image_format=args.image_format, **_label_options(args, len(classes)))
-    source = {"type": "cityscapes", "root": args.root, "split": args.split, "image_format": args.image_format,
-              "max_pixels": opts.max_pixels}
-    return PrepareJob({args.split: specs}, partial(cityscapes.convert, opts=opts), classes, cityscapes.PALETTE,
-                      opts.ignore_index, source, args.shard_size, args.shard_bytes)
-
-
-def _prepare_folder(args: argparse.Namespace) -> PrepareJob:
-    from segdist.shards import PrepareJob
-    from segdist.viz import default_palette
-    from segdist.sources import folder
-
-    classes = parse_classes(args.classes)
-    palette = folder.load_palette(Path(args.palette), classes) if args.palette else None
-    specs, unpaired = folder.build_specs(Path(args.images).resolve(), Path(args.masks).resolve(), args.mask_suffix)
-    if not specs:
-        raise DataError(f"{args.images}: nothing selected: no image has a mask named "
-                        f"<stem>{args.mask_suffix}.<ext> in {args.masks}")
-    opts = folder.FolderOptions(
-        num_classes=len(classes), source_ignore=args.source_ignore, unknown_to_ignore=args.unknown_to_ignore,
-        palette=tuple(tuple(c) for c in palette) if palette else None, **_label_options(args, len(classes)),
-    )
-    source = {
-        "type": "folder", "images": args.images, "masks": args.masks, "mask_suffix": args.mask_suffix,
-        "source_ignore": args.source_ignore, "unknown_to_ignore": args.unknown_to_ignore, "palette": palette,
-        "max_pixels": opts.max_pixels,
-    }
-    return PrepareJob({args.split: specs}, partial(folder.convert, opts=opts), classes,
-                      palette or default_palette(len(classes)), opts.ignore_index, source, args.shard_size,
-                      args.shard_bytes, unpaired)
-
-
-def prepare_job(args: argparse.Namespace) -> PrepareJob:
+def prepare_job(args: argparse.Namespace):  # noqa: ANN201 - a segdist.prepare.jobs.PrepareJob
     """What `segdist prepare SOURCE ...` will write, built from its arguments (nothing is written yet)."""
-    build = {"coco": _prepare_coco, "cityscapes": _prepare_cityscapes, "folder": _prepare_folder}[args.source]
-    return build(args)
+    from segdist.prepare.jobs import JOBS
+
+    return JOBS[args.source](**_options(args, PREPARE_OPTIONS[args.source] + JOB_OPTIONS))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from segdist import storage
-    from segdist.shards import write_dataset
-    from segdist.upload import prepare_to_store
+    from segdist import api
 
-    job = prepare_job(args)
-    out = args.out if not storage.is_local(args.out) else Path(args.out)
-    options = {"workers": args.workers, "address": args.address, "overwrite": args.overwrite}
-    if isinstance(out, Path):
-        manifest = write_dataset(out, job, **options)
-    else:
-        manifest = prepare_to_store(out, job, work_dir=args.work_dir, **options)
-    print(f"\nprepared {out} ({len(job.classes)} classes, ignore index {job.ignore_index})")
-    for split in job.splits:
-        rec = manifest["splits"][split]
-        line = f"  {split:<6} {rec['samples']:>6} samples  {len(rec['shards']):>4} shards"
-        if rec["skipped"]:
-            line += "  skipped: " + ", ".join(f"{k}={v}" for k, v in rec["skipped"].items())
-        if rec["dropped_annotations"]:
-            line += "  dropped annotations: " + ", ".join(f"{k}={v}" for k, v in rec["dropped_annotations"].items())
-        print(line)
+    prepare = {"coco": api.prepare_coco, "cityscapes": api.prepare_cityscapes, "folder": api.prepare_folder}
+    prepare[args.source](**_options(args, PREPARE_OPTIONS[args.source] + JOB_OPTIONS + RUN_OPTIONS))
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from segdist.manifest import read_manifest, stats_table
-    from segdist.viz import class_histogram
+    from segdist.format.class_stats import write_stats
 
-    shard_dir = Path(args.dir)
-    manifest = read_manifest(shard_dir)
-    splits = [args.split] if args.split else list(manifest["splits"])
-    for split in splits:
-        if split not in manifest["splits"]:
-            raise DataError(f"{shard_dir} has no split '{split}'; it has {sorted(manifest['splits'])}")
-        rec = manifest["splits"][split]
-        print(stats_table(manifest, split) + "\n")
-        png = Path(args.out or shard_dir) / f"class_hist_{split}.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        class_histogram(manifest["classes"], rec["class_pixels"], rec["class_images"], png, f"{shard_dir.name} {split}")
-        print(f"class histogram: {png}")
+    write_stats(args.dir, args.split, args.out)
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from segdist.augment import CorruptSample, decode
-    from segdist.data import load_dataset_info
-    from segdist.tarstream import Reader, ShardRange, Skips, range_samples
-    from segdist.viz import colorize, overlay, panel, save_png
+    from segdist.data.show import show
 
-    info = load_dataset_info(args.dir)  # a directory or a URL prefix, as for training
-    urls, records = info.shards(args.split)
-    ranges = [ShardRange(url, 0, record["samples"]) for url, record in zip(urls, records)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written, skips = 0, Skips()
-    for sample in range_samples(ranges, skips, Reader()):
-        if written >= args.n:
-            break
-        if isinstance(sample, int):  # a shard broke off: `sample` samples could not be read
-            continue
-        try:
-            rgb, label = decode(sample)  # the stored pixel grid, as the label
-        except CorruptSample as exc:
-            raise DataError(str(exc)) from None
-        colour = colorize(label, info.palette, info.ignore_index)
-        save_png(panel(rgb, colour, overlay(rgb, colour, label)), out / f"{sample['__key__']}.png")
-        written += 1
-    unread = skips.take()
-    print(f"wrote {written} image | mask | overlay panels to {out}"
-          + (f" (could not read: {unread['skipped']})" if unread["skipped"] else ""))
+    show(args.dir, args.split, args.out, args.n)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from segdist.config import ConfigError, load_config
+    from segdist import api
     from segdist.distributed import errors_reported_once
-    from segdist.train import train
 
     overrides = [*args.overrides, *([f"train.budget={args.budget}"] if args.budget else [])]
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ConfigError, ValueError) as exc:
-        raise DataError(str(exc)) from None
     with errors_reported_once():
-        train(cfg, resume=args.resume)
+        api.train(args.config, resume=args.resume, overrides=overrides)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> None:
-    from segdist.benchdata import bench_data
-    from segdist.config import ConfigError, load_config
+    from segdist.api import resolved_config
+    from segdist.data.bench import bench_data
+    from segdist.models.preflight import check_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (ConfigError, ValueError) as exc:
-        raise DataError(str(exc)) from None
+    cfg = check_config(resolved_config(args.config, args.overrides))
     workers = [int(w) for w in args.workers.split(",")] if args.workers else None
     bench_data(cfg, workers, seconds=args.seconds)
 
 
 def _tta(text: str):  # noqa: ANN202
-    from segdist.inference import parse_tta
+    from segdist.models.inference import parse_tta
 
     try:
         return parse_tta(text)
@@ -252,7 +125,7 @@ def _tta(text: str):  # noqa: ANN202
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
-    from segdist.inference import NO_TTA, check_mode
+    from segdist.models.inference import NO_TTA, check_mode
 
     try:
         check_mode(args.mode, args.crop, args.stride)
@@ -263,7 +136,7 @@ def _inference_options(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from segdist.distributed import errors_reported_once
-    from segdist.evaluate import evaluate
+    from segdist.evaluation.evaluate import evaluate
 
     with errors_reported_once():
         evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
@@ -272,49 +145,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from segdist.predict import predict
+    from segdist.evaluation.predict import predict
 
     predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
             workers=args.workers, output_format=args.format, **_inference_options(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from segdist.export import export
+    from segdist.evaluation.export import export
 
     export(args.run, args.format, args.out, checkpoint=args.checkpoint, tolerance=args.tolerance)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    import json
-    import subprocess
+    from segdist.demo import demo
 
-    from segdist.manifest import read_manifest, stats_table
-    from segdist.sources.synthetic import write_synthetic_coco
-
-    shards = Path(args.workdir)
-    raw = shards.with_name(shards.name + "_raw")
-    print(f"[1/3] synthetic COCO -> {raw}")
-    write_synthetic_coco(raw, args.images, seed=0, width=320, height=240)
-    print(f"[2/3] segdist prepare coco (Ray) -> {shards}")
-    common = ["--classes", "person,bicycle,car", "--out", str(shards), "--shard-size", "32", "--overwrite"]
-    for split in ("train", "val"):
-        main(["prepare", "coco", "--images", str(raw / split), "--annotations",
-              str(raw / "annotations" / f"instances_{split}.json"), "--split", split, *common])
-    manifest = read_manifest(shards)
-    print("\n" + stats_table(manifest, "train"))
-    print("\n[3/3] accelerate launch: 2 CPU processes (gloo) train configs/demo.yaml")
-    run = Path("runs/demo")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/cpu-2proc.yaml",
-           "-m", "segdist", "train", "--config", "configs/demo.yaml", f"data.shards={shards}",
-           f"train.epochs={args.epochs}"]
-    print(" ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
-    summary = json.loads((run / "summary.json").read_text())
-    print(f"\ndemo done: val mIoU {summary['best_miou']:.3f} (best, step {summary['best_step']}) on "
-          f"{manifest['splits']['val']['samples']} validation images, {summary['world_size']} processes")
-    print(f"TensorBoard logs:      tensorboard --logdir {run / 'tb'}")
-    print(f"validation overlays:   {run / 'val_overlays'}/*.png (image | ground truth | prediction)")
-    print(f"checkpoints:           {run / 'checkpoints'}")
+    demo(args.workdir, args.images, args.epochs)
 
 
 def cmd_env(args: argparse.Namespace) -> None:
@@ -326,12 +172,23 @@ def cmd_env(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from segdist import __version__
+    from segdist.version import __version__
 
-    parser = argparse.ArgumentParser(prog="segdist", description=__doc__)
+    parser = argparse.ArgumentParser(prog="segdist", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"segdist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_prepare, _add_stats, _add_show, _add_train, _add_bench_data):
+        add(sub)
+    run, infer = _run_options(), _inference_parser()
+    _add_evaluate(sub, run, infer)
+    _add_predict(sub, run, infer)
+    _add_export(sub, run)
+    _add_demo(sub)
+    _add_env(sub)
+    return parser
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic dataset in a real format (COCO or Cityscapes)")
     p.add_argument("format", choices=["coco", "cityscapes"])
     p.add_argument("--out", required=True)
@@ -341,8 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=None, help="WxH (default 640x480 COCO, 512x256 Cityscapes)")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="convert a dataset into WebDataset shards with Ray")
     src = p.add_subparsers(dest="source", required=True)
+    common = _prepare_options()
+    _add_prepare_coco(src, common)
+    _add_prepare_cityscapes(src, common)
+    _add_prepare_folder(src, common)
+    p.set_defaults(func=cmd_prepare)
+
+
+def _prepare_options() -> argparse.ArgumentParser:
+    """The options every `segdist prepare SOURCE` takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="dataset directory, e.g. shards/NAME, or s3://BUCKET/PREFIX")
     common.add_argument("--work-dir", default=None,
@@ -357,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="skip (and count) images and masks larger than this (default: PIL's limit)")
     common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
+    return common
 
+
+def _add_prepare_coco(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     c = src.add_parser("coco", parents=[common], help="COCO instances JSON + images")
     c.add_argument("--images", required=True)
     c.add_argument("--annotations", required=True)
@@ -373,11 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--crowd", choices=["ignore", "label"], default="ignore")
     c.add_argument("--keep-empty", action="store_true", help="keep images with no selected instance")
 
+
+def _add_prepare_cityscapes(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     c = src.add_parser("cityscapes", parents=[common], help="Cityscapes leftImg8bit + gtFine (19 trainIds)")
     c.add_argument("--root", required=True)
     c.add_argument("--split", required=True, choices=["train", "val", "test"])
     c.add_argument("--image-format", choices=["png", "jpeg"], default="png")
 
+
+def _add_prepare_folder(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     c = src.add_parser("folder", parents=[common], help="image folder + mask folder paired by stem")
     c.add_argument("--images", required=True)
     c.add_argument("--masks", required=True)
@@ -387,14 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--unknown-to-ignore", action="store_true", help="out-of-range values/colours -> ignore")
     c.add_argument("--palette", default=None, help="JSON colours per class, for RGB/RGBA masks")
     c.add_argument("--mask-suffix", default="", help="mask stem = image stem + this")
-    p.set_defaults(func=cmd_prepare)
 
+
+def _add_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="print a dataset's class statistics and write a class histogram")
     p.add_argument("dir")
     p.add_argument("--split", default=None)
     p.add_argument("--out", default=None, help="folder for the PNG (default: the dataset directory)")
     p.set_defaults(func=cmd_stats)
 
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="write image | mask | overlay PNGs read from the shards")
     p.add_argument("dir")
     p.add_argument("--split", default="train")
@@ -402,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_show)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (single process, or under `accelerate launch`)")
     p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=0.01")
@@ -411,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget (50m, 1h30m, 01:30:00): train.max_steps is set to fit it (train.budget)")
     p.set_defaults(func=cmd_train)
 
+
+def _add_bench_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-data", help="the training loader alone at full speed: images/s per process and core")
     p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -418,9 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=15.0, help="measuring time per worker count")
     p.set_defaults(func=cmd_bench_data)
 
+
+def _run_options() -> argparse.ArgumentParser:
+    """--run and --checkpoint, shared by evaluate, predict and export."""
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", required=True, help="run directory written by `segdist train`, e.g. runs/NAME")
     run.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint directory/file")
+    return run
+
+
+def _inference_parser() -> argparse.ArgumentParser:
+    """--mode, --crop, --stride, --tta and --workers, shared by evaluate and predict."""
     infer = argparse.ArgumentParser(add_help=False)
     infer.add_argument("--mode", choices=["whole", "slide"], default="whole",
                        help="whole image at once, or overlapping windows averaged (slide)")
@@ -429,7 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tta", type=_tta, default=None,
                        help="flip, or scales=0.5,0.75,1.0,1.25,1.5[,flip]: softmax averaged over the views")
     infer.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the run's data.workers)")
+    return infer
 
+
+def _add_evaluate(sub: argparse._SubParsersAction, run: argparse.ArgumentParser,
+                  infer: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[run, infer],
                        help="exact metrics of a run on a split (single process, or under `accelerate launch`)")
     p.add_argument("--split", default=None, help="default: the run's data.val_split")
@@ -442,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for --format cityscapes predictions")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub: argparse._SubParsersAction, run: argparse.ArgumentParser, infer: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predict", parents=[run, infer], help="class-id, colour and overlay images for image files")
     p.add_argument("--input", required=True, help="an image file, a folder, or a glob (quote it)")
     p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/, or the labelIds PNGs)")
@@ -451,28 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_export(sub: argparse._SubParsersAction, run: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", parents=[run], help="ONNX or TorchScript with dynamic height/width, checked")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--out", default=None, help="file (default: RUN/export/model.onnx or model.torchscript.pt)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed by the check")
     p.set_defaults(func=cmd_export)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the built-in default job on synthetic data")
     p.add_argument("--workdir", default="shards/demo")
     p.add_argument("--images", type=int, default=160)
     p.add_argument("--epochs", type=int, default=8)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_env(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="versions of the stack, devices and process layout (for bug reports)")
     p.set_defaults(func=cmd_env)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         print(f"segdist: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

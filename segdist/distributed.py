@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TextIO
 
 import torch
 
-from segdist.sources.common import DataError
-from segdist.workers import compute_threads
+from segdist.errors import ConfigError, DataError
+from segdist.utils.console import print_line
 
 
 def make_accelerator(*, mixed_precision: str = "no", accumulate: int = 1, timeout_s: float = 300,
@@ -41,6 +40,12 @@ def make_accelerator(*, mixed_precision: str = "no", accumulate: int = 1, timeou
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
     check_world_size(accelerator)
     return accelerator
+
+
+def compute_threads(local_processes: int) -> int:
+    """Threads for one training process: the CPUs it may use, shared by the processes on its node."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, local_processes))
 
 
 def requested_world_size() -> int | None:
@@ -77,17 +82,6 @@ def check_world_size(accelerator) -> None:  # noqa: ANN001
               f"{world}.\n`accelerate launch --cpu` runs ONE process; for several CPU processes use "
               f"`--multi_gpu` (segdist forms a gloo group without CUDA), as launch/cpu-2proc.yaml does.\n"
               f"{'!' * 78}\n", file=sys.stderr, flush=True)
-
-
-def print_line(text: str, file: TextIO | None = None) -> None:
-    """Print `text` and its newline in one write, so lines of several ranks sharing a pipe never interleave.
-
-    print() writes the text and the end separately; unbuffered (PYTHONUNBUFFERED, SLURM logs) two
-    ranks' lines can then end up joined on one line.
-    """
-    stream = file or sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
 
 
 def agree(accelerator, *values: float | torch.Tensor) -> list[float]:  # noqa: ANN001
@@ -180,11 +174,15 @@ def is_collective_failure(exc: BaseException) -> bool:
         word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe"))
 
 
+USER_ERRORS = (DataError, ConfigError)  # reported by their message alone, exit status 2
+
+
 @contextmanager
 def errors_reported_once() -> Iterator[None]:
     """End the process on any error with one message for the whole job, naming lost ranks if any.
 
-    Exit status 2 for bad input or state (DataError), 1 for anything else (with its traceback).
+    Exit status 2 for bad input, state or config (DataError, ConfigError), 1 for anything else (with its
+    traceback).
     """
     try:
         yield
@@ -199,7 +197,7 @@ def errors_reported_once() -> Iterator[None]:
             message = (f"segdist: error: rank {rank} lost contact with {who} (killed, crashed or unreachable); "
                        f"the collective failed with: {str(exc).splitlines()[0][:300]}")
         if first_to_report():
-            if not isinstance(exc, DataError) and not is_collective_failure(exc):
+            if not isinstance(exc, USER_ERRORS) and not is_collective_failure(exc):
                 traceback.print_exc()
             print_line(message, file=sys.stderr)
-        raise SystemExit(2 if isinstance(exc, DataError) else 1) from None
+        raise SystemExit(2 if isinstance(exc, USER_ERRORS) else 1) from None

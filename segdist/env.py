@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import segdist
+from segdist import version
 
 # (label, distribution names to try: the first one installed is reported)
 PACKAGES = (
@@ -69,10 +69,10 @@ def rank_line() -> str:
 
 
 def _header() -> str:
-    source = Path(segdist.__file__).resolve().parent
+    source = Path(version.__file__).resolve().parent
     commit = _git_commit(source)
     return "\n".join([
-        f"segdist {segdist.__version__} ({source}{', git ' + commit if commit else ''})",
+        f"segdist {version.__version__} ({source}{', git ' + commit if commit else ''})",
         f"python {platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
         f"platform {platform.platform()}",
     ])

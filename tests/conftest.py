@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory, ray_cluster):
 
     from helpers import run_cli
 
-    from segdist.sources.synthetic import write_synthetic_coco
+    from segdist.synth.coco import write_synthetic_coco
 
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path_factory.mktemp("tiny_run")

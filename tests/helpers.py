@@ -146,7 +146,7 @@ def train_log(run: Path) -> list[dict]:
 def synthetic_shards(root: Path, *, images: int, val_images: int, seed: int, width: int, height: int,
                      shard_size: int | None = None, keep_empty: bool = False) -> Path:
     """Synthetic COCO (person, bicycle, car) under root/raw, prepared into root/shards (train and val)."""
-    from segdist.sources.synthetic import write_synthetic_coco
+    from segdist.synth.coco import write_synthetic_coco
 
     write_synthetic_coco(root / "raw", images=images, val_images=val_images, seed=seed, width=width, height=height)
     for split in ("train", "val"):

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import segmentation_models_pytorch as smp
 import torch
-from torch import nn
 from helpers import free_port, run_cli
 from tiny_models import NUM_CLASSES, TINY, input_size, tiny_model
+from torch import nn
 
-from segdist.data import Normalizer
-from segdist.export import ExportModel, check, write_onnx, write_torchscript
+from segdist.data.augment import Normalizer
+from segdist.errors import DataError
+from segdist.evaluation.export import ExportModel, check, write_onnx, write_torchscript
 from segdist.models import ARCHS, ResUNetAttention
-from segdist.sources.common import DataError
 
 TOLERANCE = 1e-4  # max abs logit difference; float32 reorderings give about 1e-6
 

@@ -4,8 +4,8 @@ from collections import Counter
 
 import numpy as np
 
-from segdist.augment import augment, train_transform
 from segdist.config import DataConfig
+from segdist.data.augment import augment, train_transform
 
 
 def _flips_seen(seed: int, draws: int) -> list[tuple[bool, bool]]:

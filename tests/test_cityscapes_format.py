@@ -27,9 +27,9 @@ import torch
 from helpers import REPO, launcher, run_cli, run_train, shared_data
 from PIL import Image
 
-from segdist.cityscapes_results import ResultWriter, to_label_ids
-from segdist.sources.cityscapes import CLASSES, label_id_to_train_id
-from segdist.sources.synthetic import write_synthetic_cityscapes
+from segdist.evaluation.cityscapes_results import ResultWriter, to_label_ids
+from segdist.format.cityscapes_labels import CLASSES, label_id_to_train_id
+from segdist.synth.cityscapes import write_synthetic_cityscapes
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,12 @@ import torch
 
 from segdist.config import ConfigError, load_config, parse_override, save_config
 from segdist.models import build_from_config
+from segdist.models.preflight import check_config
+
+
+def checked(path, overrides=()):
+    """A config as `segdist train` takes it: loaded, then the model stack's pre-flight check."""
+    return check_config(load_config(path, list(overrides)))
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -36,7 +42,7 @@ def test_overrides_and_round_trip(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="model.encoder: Unknown timm encoder 'resnet17'"):
-        load_config(None, ["model.encoder=resnet17"])
+        checked(None, ["model.encoder=resnet17"])
 
 
 def test_scientific_notation_is_a_float_in_overrides_and_files(tmp_path):
@@ -75,8 +81,8 @@ def _field_cases():
     import dataclasses
     import typing
 
-    from segdist.coerce import describe
     from segdist.config import Config
+    from segdist.config.coerce import describe
 
     for section in dataclasses.fields(Config):
         for key, hint in typing.get_type_hints(type(getattr(Config(), section.name))).items():
@@ -110,10 +116,10 @@ def test_values_are_coerced_to_their_field_types():
 def test_every_smp_architecture_is_a_valid_arch():
     for arch, encoder in [("segformer", "mit_b0"), ("upernet", "convnext_tiny"), ("dpt", "vit_small_patch16_224"),
                           ("unetplusplus", "efficientnet_b0"), ("pan", "resnet50")]:
-        cfg = load_config(None, [f"model.arch={arch}", f"model.encoder={encoder}", "data.crop_size=[256, 256]"])
+        cfg = checked(None, [f"model.arch={arch}", f"model.encoder={encoder}", "data.crop_size=[256, 256]"])
         assert cfg.model.arch == arch
     with pytest.raises(ConfigError, match="model.arch 'segnet' is not valid; choose one of unet, unetplusplus"):
-        load_config(None, ["model.arch=segnet"])
+        checked(None, ["model.arch=segnet"])
 
 
 def test_model_options_pass_through_and_round_trip(tmp_path):
@@ -141,5 +147,17 @@ def test_model_options_pass_through_and_round_trip(tmp_path):
 ])
 def test_model_errors_name_the_option_at_load(overrides, message):
     with pytest.raises(ConfigError) as error:
-        load_config(None, overrides)
+        checked(None, overrides)
     assert message in str(error.value)
+
+
+def test_the_config_names_no_consumer_and_train_checks_the_model_before_any_work(tmp_path, capsys):
+    # loading alone takes any model name (config imports no model code); `segdist train` refuses it at once
+    assert load_config(None, ["model.arch=segnet"]).model.arch == "segnet"
+    from segdist.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "model.arch=segnet", f"train.runs_dir={tmp_path}"])
+    assert exit_.value.code == 2
+    assert "model.arch 'segnet' is not valid" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run directory, nothing written

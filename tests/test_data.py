@@ -8,7 +8,9 @@ import torch
 from helpers import run_cli, square, write_coco
 
 from segdist.config import DataConfig
-from segdist.data import eval_loader, load_dataset_info, repeat_factors, steps_per_epoch, train_loader
+from segdist.data.eval_loader import eval_loader
+from segdist.data.info import load_dataset_info
+from segdist.data.train_loader import repeat_factors, steps_per_epoch, train_loader
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_class_balanced_sampling_repeats_rare_class_images(dataset):
 def test_each_evaluation_slot_reads_only_the_bytes_of_its_own_samples(dataset, world, workers):
     import os
 
-    from segdist.tarstream import Reader, Skips, range_samples, slot_ranges
+    from segdist.data.tar_reader import Reader, Skips, range_samples, slot_ranges
 
     class CountingReader(Reader):
         def __init__(self):
@@ -155,14 +157,14 @@ def test_resampling_reads_every_sample_equally_often_whatever_its_shards_size(mo
     import itertools
     import random
 
-    from segdist import tarstream
+    from segdist.data import tar_reader
 
     # CamVid train: a full shard and the split's short last one. A draw reads a shard whole, so drawing
     # shards uniformly already gives every sample the same chance; drawing them by size would not.
     sizes = {"a.tar": 256, "b.tar": 111}
-    monkeypatch.setattr(tarstream, "shard_samples", lambda url, skips, reader, expected: (
+    monkeypatch.setattr(tar_reader, "shard_samples", lambda url, skips, reader, expected: (
         {"__key__": f"{url}/{i}"} for i in range(sizes[url])))
-    stream = tarstream.resampled_samples(list(sizes.items()), random.Random(0), tarstream.Skips(), reader=None)
+    stream = tar_reader.resampled_samples(list(sizes.items()), random.Random(0), tar_reader.Skips(), reader=None)
     read = Counter(sample["__key__"].split("/")[0] for sample in itertools.islice(stream, 400_000))
     per_sample = {url: read[url] / count for url, count in sizes.items()}
     # drawn in proportion to their sizes, each of a's samples would come 256 / 111 = 2.3 times as often

@@ -22,7 +22,7 @@ def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture) -> Non
         run_cli("--version")
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"segdist {segdist.__version__}"
-    assert metadata.version("segdist") == segdist.__version__  # pyproject reads it from segdist/__init__.py
+    assert metadata.version("segdist") == segdist.__version__  # pyproject reads it from segdist/version.py
 
 
 def test_env_names_every_version_of_the_stack(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from helpers import free_port, read_shards, run_cli
 
-from segdist.data import eval_transform
-from segdist.evaluate import with_class_accuracy, write_outputs
-from segdist.inference import infer
-from segdist.metrics import format_table, metrics_from_confusion
-from segdist.runs import load_run
+from segdist.data.augment import eval_transform
+from segdist.evaluation.metrics import format_table, metrics_from_confusion
+from segdist.evaluation.report import with_class_accuracy, write_outputs
+from segdist.models.inference import infer
+from segdist.runs.run import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -96,7 +96,7 @@ def test_matches_an_independent_reference(tiny_run):
         label = sample["label"]
         assert image.shape[-2:] == (48, 64) and label.shape == (60, 80)  # scored at the label's resolution
         with one_thread():
-            probs = infer(run.model, normalize(image))
+            probs = infer(run.model_on(torch.device("cpu")), normalize(image))  # the layout evaluate uses
         pred = F.interpolate(probs, size=label.shape, mode="bilinear", align_corners=False).argmax(1)[0].numpy()
         counted = label != IGNORE
         confusion += np.bincount(label[counted].astype(np.int64) * CLASSES + pred[counted],

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import run_cli
 
-from segdist.inference import padded_logits
-from segdist.runs import load_run
+from segdist.models.inference import padded_logits
+from segdist.runs.run import load_run
 
 TOLERANCE = 1e-4  # max abs logit difference accepted here; float32 reorderings give about 1e-6
 
@@ -61,10 +61,11 @@ def test_torchscript_round_trip(tiny_run, tmp_path, capsys):
 
 
 def test_a_failed_check_writes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
-    import segdist.export
+    import segdist.evaluation.export
 
-    real = segdist.export.run_exported
-    monkeypatch.setattr(segdist.export, "run_exported", lambda path, fmt, image: real(path, fmt, image) + 0.01)
+    real = segdist.evaluation.export.run_exported
+    monkeypatch.setattr(segdist.evaluation.export, "run_exported",
+                        lambda path, fmt, image: real(path, fmt, image) + 0.01)
     with pytest.raises(SystemExit):
         run_cli("export", "--run", tiny_run, "--format", "torchscript", "--out", tmp_path / "model.pt")
     assert "differs from PyTorch by 0.01 > 0.001; nothing written" in capsys.readouterr().err

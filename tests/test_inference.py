@@ -4,8 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from segdist.inference import (NO_TTA, TTA, check_mode, infer, infer_each, labels_at, parse_tta, slide_logits,
-                               window_starts)
+from segdist.models.inference import (
+    NO_TTA,
+    TTA,
+    check_mode,
+    infer,
+    infer_each,
+    labels_at,
+    parse_tta,
+    slide_logits,
+    window_starts,
+)
 
 CLASSES = 5
 

@@ -1,4 +1,4 @@
-"""Tests for segdist.losses.build_loss."""
+"""Tests for segdist.models.losses.build_loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segdist.losses import LOSSES, build_loss
+from segdist.models.losses import LOSSES, build_loss
 
 NUM_CLASSES = 4
 IGNORE = 255

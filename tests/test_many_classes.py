@@ -36,7 +36,7 @@ def test_three_hundred_classes_train_evaluate_and_export(many, tmp_path):
     assert manifest["ignore_index"] == 65535 and manifest["label_dtype"] == "uint16"
     run_train(many / "shards", tmp_path, "train.max_steps=3", "data.workers=0", "train.name=many",
               "data.crop_size=[64,64]", "data.base_size=null", "data.val_size=null", "data.batch_size=3")
-    from segdist.evaluate import evaluate
+    from segdist.evaluation.evaluate import evaluate
 
     report = evaluate(tmp_path / "many", checkpoint="last", workers=0)
     confusion = np.asarray(report["confusion"])
@@ -46,7 +46,7 @@ def test_three_hundred_classes_train_evaluate_and_export(many, tmp_path):
         assert not np.isnan(report["per_class"][name]["iou"]), name
     assert confusion.sum() == 3 * (64 * 96 - 4 * 6)  # the 65535 pixels are left out
     assert (tmp_path / "many/eval/val/confusion.png").is_file()
-    from segdist.export import export
+    from segdist.evaluation.export import export
 
     exported = export(tmp_path / "many", "torchscript", checkpoint="last")
     import torch

@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from helpers import free_port
 from PIL import Image
 
-from segdist.metrics import SegmentationMetrics, format_table, metrics_from_confusion
-from segdist.viz import confusion_png, per_class_iou_png
+from segdist.evaluation.metrics import SegmentationMetrics, format_table, metrics_from_confusion
+from segdist.utils.viz import confusion_png, per_class_iou_png
 
 IGNORE = 255
 NUM_CLASSES = 6

@@ -14,8 +14,8 @@ from tiny_models import NUM_CLASSES as TINY_CLASSES
 from tiny_models import TINY, input_size, tiny_model
 from torch import nn
 
-from segdist.model_options import MIT_UNSUPPORTED
 from segdist.models import ARCHS, SMP_ARCHS, ModelOptionError, build_model, check_model, use_channels_last
+from segdist.models.options import MIT_UNSUPPORTED
 
 NUM_CLASSES = 5
 
@@ -149,11 +149,12 @@ def test_dry_run_catches_inputs_the_model_cannot_take(arch: str, encoder: str, s
 
 
 def test_the_dry_run_builds_on_the_meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    import segdist.models
+    import segdist.models.factory
 
     built = []
-    real = segdist.models._smp_model
-    monkeypatch.setattr(segdist.models, "_smp_model", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    real = segdist.models.factory._smp_model
+    monkeypatch.setattr(segdist.models.factory, "_smp_model",
+                        lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
     check_model("unet", "resnet50", input_shape=(2, 3, 64, 64))
     assert len(built) == 1 and all(p.is_meta for p in built[0].parameters())
 

@@ -13,7 +13,8 @@ from helpers import run_cli
 from PIL import Image
 
 from segdist.config import load_config
-from segdist.data import load_dataset_info, train_loader
+from segdist.data.info import load_dataset_info
+from segdist.data.train_loader import train_loader
 
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.float32)
 H, W, BLOCK = 64, 96, 16
@@ -63,8 +64,8 @@ class ColourOracle(torch.nn.Module):
 
 
 def _oracle_run(oriented, tmp_path):  # noqa: ANN001
-    from segdist.data import IMAGENET_MEAN, IMAGENET_STD
-    from segdist.runs import Run
+    from segdist.data.info import IMAGENET_MEAN, IMAGENET_STD
+    from segdist.runs.run import Run
 
     info = load_dataset_info(oriented / "shards")
     cfg = load_config(None, [f"data.shards={oriented / 'shards'}", "data.normalize=imagenet", "data.workers=0"])
@@ -91,18 +92,18 @@ def test_the_training_loader_keeps_image_and_label_aligned(oriented):
 
 
 def test_evaluate_scores_a_perfect_oracle_perfectly(oriented, tmp_path, monkeypatch):
-    import segdist.evaluate
+    import segdist.evaluation.evaluate
 
-    monkeypatch.setattr(segdist.evaluate, "load_run", lambda *a, **k: _oracle_run(oriented, tmp_path))
-    report = segdist.evaluate.evaluate(tmp_path / "run", workers=0)
+    monkeypatch.setattr(segdist.evaluation.evaluate, "load_run", lambda *a, **k: _oracle_run(oriented, tmp_path))
+    report = segdist.evaluation.evaluate.evaluate(tmp_path / "run", workers=0)
     assert report["samples"] == 8 and report["pixel_accuracy"] == 1.0 and report["miou"] == 1.0
 
 
 def test_predict_writes_labels_on_the_stored_grid(oriented, tmp_path, monkeypatch):
-    import segdist.predict
+    import segdist.evaluation.predict
 
-    monkeypatch.setattr(segdist.predict, "load_run", lambda *a, **k: _oracle_run(oriented, tmp_path))
-    segdist.predict.predict(tmp_path / "run", str(oriented / "images"), tmp_path / "pred", workers=0)
+    monkeypatch.setattr(segdist.evaluation.predict, "load_run", lambda *a, **k: _oracle_run(oriented, tmp_path))
+    segdist.evaluation.predict.predict(tmp_path / "run", str(oriented / "images"), tmp_path / "pred", workers=0)
     for orientation in range(1, 9):
         predicted = np.asarray(Image.open(tmp_path / "pred/index" / f"o{orientation}.png"))
         assert np.array_equal(predicted, _label()), orientation

@@ -7,7 +7,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from segdist.pooling import ExactAdaptiveAvgPool2d, make_pooling_exportable
+from segdist.models.pooling import ExactAdaptiveAvgPool2d, make_pooling_exportable
 
 
 @pytest.mark.parametrize("output_size", [1, 2, 3, 6, (2, 5)])

@@ -9,9 +9,9 @@ import torch
 from helpers import run_cli
 from PIL import Image
 
-from segdist.data import eval_transform
-from segdist.inference import TTA, infer, labels_at
-from segdist.runs import load_run
+from segdist.data.augment import eval_transform
+from segdist.models.inference import TTA, infer, labels_at
+from segdist.runs.run import load_run
 
 
 @pytest.fixture

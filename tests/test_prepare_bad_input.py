@@ -8,7 +8,7 @@ import pytest
 from helpers import manifest, read_shards, square, write_coco
 from PIL import Image
 
-from segdist.sources.common import DataError
+from segdist.errors import DataError
 
 
 def _tree(tmp_path, n=4, size=(40, 30)):
@@ -48,7 +48,7 @@ def test_not_coco_json_names_the_missing_key(tmp_path, prepare, missing):
     with pytest.raises(SystemExit):
         _coco(prepare, images, ann_file, tmp_path / "out")
     with pytest.raises(DataError, match=f"{ann_file}.*missing key '{missing}'"):
-        from segdist.sources.coco import load_annotations
+        from segdist.prepare.coco_json import load_annotations
 
         load_annotations(ann_file)
     assert not (tmp_path / "out").exists()
@@ -113,13 +113,13 @@ def test_folder_values_outside_class_range(tmp_path, prepare, capsys):
 
 
 def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, prepare, monkeypatch):
-    from segdist import shards
+    from segdist.prepare import driver
 
     images, ann_file = _tree(tmp_path, n=20)
     reference = tmp_path / "reference"
     _coco(prepare, images, ann_file, reference, "--shard-size", "3")  # 7 shards
 
-    real = shards.run_tasks
+    real = driver.run_tasks
     converted = []
 
     def interrupted(*args, **kwargs):
@@ -136,7 +136,7 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
                 yield task, record
 
     out = tmp_path / "out"
-    monkeypatch.setattr(shards, "run_tasks", interrupted)
+    monkeypatch.setattr(driver, "run_tasks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _coco(prepare, images, ann_file, out, "--shard-size", "3")
     # Nothing in the output looks like a shard or a dataset: all of it is in the hidden staging directory.
@@ -154,7 +154,7 @@ def test_interrupted_run_leaves_no_complete_looking_shard_and_resumes(tmp_path, 
     with pytest.raises(SystemExit):
         _coco(prepare, images, ann_file, out, "--shard-size", "4")
     # ... the same one converts only the shards not done, byte-identical to an uninterrupted run.
-    monkeypatch.setattr(shards, "run_tasks", counted)
+    monkeypatch.setattr(driver, "run_tasks", counted)
     _coco(prepare, images, ann_file, out, "--shard-size", "3")
     assert len(converted) == 7 - len(records) and not set(converted) & {int(r[6:12]) for r in records}
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
@@ -205,7 +205,7 @@ def test_an_annotation_that_cannot_be_drawn_skips_its_image_by_name(tmp_path, pr
 def test_compressed_rle_runs_decode_as_pycocotools_encodes_them():
     from pycocotools import mask as mask_utils
 
-    from segdist.sources.coco import rle_runs
+    from segdist.prepare.coco_json import rle_runs
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from segdist.cli import build_parser, prepare_job
-from segdist.shards import fingerprint
-from segdist.sources.synthetic import write_synthetic_cityscapes, write_synthetic_coco
+from segdist.prepare.fingerprint import fingerprint
+from segdist.synth.cityscapes import write_synthetic_cityscapes
+from segdist.synth.coco import write_synthetic_coco
 
 FLAG = object()  # a store_true option: present or not
 

@@ -5,7 +5,7 @@ import pytest
 from helpers import manifest, read_shards, square, write_coco
 from PIL import Image
 
-from segdist.sources.synthetic import write_synthetic_cityscapes
+from segdist.synth.cityscapes import write_synthetic_cityscapes
 
 
 def _folder(root, masks: list[np.ndarray]):

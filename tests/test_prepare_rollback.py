@@ -15,7 +15,7 @@ def _held_last_by_shard(k: int, split: str = "train") -> int:
     """The input index that shard k of `split` holds last (prepare shuffles a split's inputs into shards)."""
     from types import SimpleNamespace
 
-    from segdist.shards import shard_order
+    from segdist.prepare.fingerprint import shard_order
 
     return shard_order(SimpleNamespace(splits={split: list(range(N))}), split)[k * SHARD + SHARD - 1]
 
@@ -54,9 +54,9 @@ def _snapshot(path):
 @pytest.fixture
 def shard_records(monkeypatch):
     """The shard records the driver received, in order (proves shards were written before the failure)."""
-    from segdist import shards
+    from segdist.prepare import driver
 
-    real, seen = shards.run_tasks, []
+    real, seen = driver.run_tasks, []
 
     def spy(*args, **kwargs):
         with closing(real(*args, **kwargs)) as results:  # closed: its tasks are cancelled and waited for
@@ -64,7 +64,7 @@ def shard_records(monkeypatch):
                 seen.append(record)
                 yield task, record
 
-    monkeypatch.setattr(shards, "run_tasks", spy)
+    monkeypatch.setattr(driver, "run_tasks", spy)
     return seen
 
 
@@ -109,12 +109,12 @@ def test_an_error_in_the_third_shard_leaves_another_split_and_the_manifest_untou
 
 
 def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path, prepare, capsys, monkeypatch):
-    from segdist import shards
+    from segdist.prepare import driver
 
     last = _held_last_by_shard(N // SHARD - 1)  # in the last shard: the rerun writes shards before it
     args = _folder(tmp_path, "values", bad_index=last)
     out = tmp_path / "out"
-    real = shards.run_tasks
+    real = driver.run_tasks
 
     def interrupted(*a, **kw):
         with closing(real(*a, **kw)) as results:
@@ -122,12 +122,12 @@ def test_an_error_after_an_interrupted_run_keeps_what_that_run_finished(tmp_path
                 yield result
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "run_tasks", interrupted)
+    monkeypatch.setattr(driver, "run_tasks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(*args, "--out", out)
     before = _snapshot(out)
     assert any(name.endswith(".tar") for name in before)  # the interrupted run finished one shard (any)
-    monkeypatch.setattr(shards, "run_tasks", real)
+    monkeypatch.setattr(driver, "run_tasks", real)
     with pytest.raises(SystemExit):
         prepare(*args, "--out", out)
     assert f"f{last:02d}.png: mask values [9]" in capsys.readouterr().err

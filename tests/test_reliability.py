@@ -1,6 +1,6 @@
 """Faults a training job meets on a cluster: each ends the job in bounded time, or is survived exactly.
 
-Faults are injected with SEGDIST_FAULT (segdist/faults.py) or made for real (kill -9, a full
+Faults are injected with SEGDIST_FAULT (segdist/utils/faults.py) or made for real (kill -9, a full
 tmpfs, corrupt shards). Every wait is bounded by a subprocess timeout.
 """
 
@@ -14,7 +14,6 @@ import psutil
 import pytest
 from helpers import DEMO_MODEL, REPO, launcher, run_cli, run_train, synthetic_shards, train_cmd, train_log
 from safetensors.numpy import load_file
-
 
 pytestmark = pytest.mark.slow
 
@@ -312,8 +311,8 @@ def test_corrupt_samples_are_skipped_and_counted_on_every_rank_and_evaluation_re
     events = EventAccumulator(str(tmp_path / "bad/tb")).Reload()
     assert {"train/skipped_undecodable", "train/skipped_truncated_shard"} <= set(events.Tags()["scalars"])
     assert "validation could not read 1 sample(s)" in out
-    report = __import__("segdist.evaluate", fromlist=["evaluate"]).evaluate(tmp_path / "bad", checkpoint="last",
-                                                                            workers=0)
+    report = __import__("segdist.evaluation.evaluate", fromlist=["evaluate"]).evaluate(
+        tmp_path / "bad", checkpoint="last", workers=0)
     total = json.loads((bad / "dataset.json").read_text())["splits"]["val"]["samples"]
     assert report["unreadable_samples"] == 1 and report["samples"] == total - 1
     assert report["unreadable_examples"][0][1] == "undecodable"
@@ -329,7 +328,7 @@ def test_the_last_validation_equals_segdist_evaluate_on_that_checkpoint(shards, 
     run_train(shards, tmp_path, "train.max_steps=4", "data.epoch_samples=64", "train.name=score",
               f"train.mixed_precision={precision}", "data.workers=0")
     summary = json.loads((tmp_path / "score/summary.json").read_text())
-    from segdist.evaluate import evaluate
+    from segdist.evaluation.evaluate import evaluate
 
     report = evaluate(tmp_path / "score", checkpoint="last", workers=0)
     assert report["precision"] == precision

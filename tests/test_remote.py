@@ -10,7 +10,6 @@ import shutil
 import pytest
 from helpers import launcher, rank_lines, run_train, synthetic_shards
 
-
 pytestmark = pytest.mark.slow
 TRAIN = ["train.max_steps=6", "data.epoch_samples=48", "data.retries=3", "train.log_every=2"]
 
@@ -30,7 +29,7 @@ def _served(local_shards, server):
 
 
 def _evaluate(run, shards):
-    from segdist.evaluate import evaluate
+    from segdist.evaluation.evaluate import evaluate
 
     return evaluate(run, checkpoint="last", shards=shards, workers=0)
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import free_port, manifest, read_shards, run_cli
 from PIL import Image
 
-from segdist.sources.synthetic import write_synthetic_coco
+from segdist.synth.coco import write_synthetic_coco
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +141,9 @@ def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_reco
         synthetic_coco, tmp_path, ray_cluster, monkeypatch):
     import ray
 
-    from segdist import shards
+    from segdist.prepare import driver
 
-    waits, records, real_wait, real_run = [], [], ray.wait, shards.run_tasks
+    waits, records, real_wait, real_run = [], [], ray.wait, driver.run_tasks
 
     def wait(refs, *args, **kwargs):
         waits.append(len(refs))
@@ -156,7 +156,7 @@ def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_reco
                 yield task, record
 
     monkeypatch.setattr(ray, "wait", wait)
-    monkeypatch.setattr(shards, "run_tasks", run)
+    monkeypatch.setattr(driver, "run_tasks", run)
     _prepare(synthetic_coco, tmp_path / "ds", "--shard-size", "2", "--workers", "1")
     assert len(records) > 10 and max(waits) == 2
     shard_bytes = [part["bytes"] for r in records for part in r["parts"]]
@@ -164,7 +164,7 @@ def test_tasks_in_flight_stay_under_twice_the_workers_and_return_only_small_reco
 
 
 def test_shard_files_are_byte_identical_to_pythons_tarfile_with_fixed_headers(tmp_path):
-    from segdist.shardfile import TarShard
+    from segdist.format.tar_writer import TarShard
 
     samples = [("a", {"json": b"{}", "jpg": b"x" * 700}), ("b" * 120, {"seg.png": b"", "png": b"y" * 512}),
                ("c", {"json": b"1" * 10241})]
@@ -190,7 +190,7 @@ def test_shards_mix_the_whole_split_in_a_seeded_order():
     # sources list inputs sequence by sequence: in that order each shard would hold a few sequences
     from types import SimpleNamespace
 
-    from segdist.shards import shard_order
+    from segdist.prepare.fingerprint import shard_order
 
     job = SimpleNamespace(splits={"train": list(range(200)), "val": list(range(200))})
     order = shard_order(job, "train")

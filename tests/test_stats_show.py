@@ -5,7 +5,7 @@ import pytest
 from helpers import run_cli, shared_data
 from PIL import Image
 
-from segdist.manifest import class_weights
+from segdist.format.class_stats import class_weights
 
 CAMVID = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
 

@@ -13,11 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segdist.sources.synthetic import (
-    COCO_CLASS_COLOURS,
-    write_synthetic_cityscapes,
-    write_synthetic_coco,
-)
+from segdist.synth.cityscapes import write_synthetic_cityscapes
+from segdist.synth.coco import COCO_CLASS_COLOURS, write_synthetic_coco
 
 W, H = 160, 120
 EXPECTED_CATEGORIES = {

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from helpers import run_cli, run_train, synthetic_shards
 
-
 SCALARS = {"train/loss", "train/lr", "train/images_per_s", "train/data_wait_share", "val/miou", "val_iou/person"}
 
 

@@ -10,9 +10,10 @@ import yaml
 from helpers import launcher, rank_lines, run_train, synthetic_shards, train_log
 from safetensors.numpy import load_file
 
-from segdist.budget import Costs, parse_duration, steps_that_fit
 from segdist.config import OptimConfig
-from segdist.optim import lr_factor
+from segdist.config.schema import parse_duration
+from segdist.training.budget import Costs, steps_that_fit
+from segdist.training.optim import lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_every_rank_plans_the_same_steps_when_the_processes_started_at_different
 
 
 def test_the_ema_follows_the_update_rule_with_buffers():
-    from segdist.ema import make_ema, model_weights
+    from segdist.runs.ema import make_ema, model_weights
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
     ema = make_ema(model, 0.9)
@@ -137,7 +138,7 @@ def test_with_ema_validation_best_and_evaluate_use_the_average(shards, tmp_path)
     raw, ema = load_file(str(checkpoint / "model.safetensors")), load_file(str(checkpoint / "ema.safetensors"))
     key = next(k for k in raw if k.endswith("weight"))
     assert not np.array_equal(raw[key], ema["module." + key.removeprefix("module.")])
-    from segdist.evaluate import evaluate
+    from segdist.evaluation.evaluate import evaluate
 
     report = evaluate(tmp_path / "e", checkpoint="last", workers=0)
     assert report["checkpoint"].endswith("ema.safetensors")
@@ -146,9 +147,10 @@ def test_with_ema_validation_best_and_evaluate_use_the_average(shards, tmp_path)
 
 def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards):
     from segdist.config import load_config
-    from segdist.data import TrainBatches, load_dataset_info, steps_per_epoch
-    from segdist.manifest import class_weights
-    from segdist.optim import build_criterion
+    from segdist.data.info import load_dataset_info
+    from segdist.data.train_loader import TrainBatches, steps_per_epoch
+    from segdist.format.class_stats import class_weights
+    from segdist.training.optim import build_criterion
 
     info = load_dataset_info(shards)
     cfg = load_config(None, [f"data.shards={shards}", "data.train_split=[train, val]", "data.batch_size=4",
@@ -169,7 +171,7 @@ def test_sync_bn_is_converted_for_gpus_and_refused_with_its_fix_on_cpu_processes
     from types import SimpleNamespace
 
     from segdist.distributed import sync_batchnorm
-    from segdist.sources.common import DataError
+    from segdist.errors import DataError
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
     cpu = torch.device("cpu")

@@ -1,0 +1,138 @@
+"""Loading a config: YAML 1.2 files, dotted command-line overrides, every value type- and choice-checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segdist.config.coerce import TypeMismatch, coerce, describe
+from segdist.config.schema import (
+    CLASS_WEIGHTS,
+    NONFINITE,
+    NORMALIZE,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULERS,
+    TRACKERS,
+    Config,
+    parse_duration,
+)
+from segdist.errors import ConfigError
+from segdist.utils.files import write_text_atomic
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 scalars: only true/false are booleans (`no`, `on`, `off` stay strings, as in
+    `mixed_precision: no`), and `1e-4` is a float, not the string '1e-4'."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+    r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def read_yaml(text: str):  # noqa: ANN201
+    """Parse a config file or an override value (YAML 1.2 scalars, see _Yaml12Loader)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _field_types(section: Any) -> dict[str, Any]:
+    """Field name -> resolved type hint (the annotations are strings under `from __future__`)."""
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def apply(cfg: Config, values: dict, where: str = "config") -> None:
+    """Set nested values onto `cfg`, refusing unknown sections and keys and values of the wrong type."""
+    sections = _field_types(cfg)
+    for name, body in values.items():
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section '{name}'; valid: {', '.join(sections)}")
+        section = getattr(cfg, name)
+        keys = _field_types(section)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: section '{name}' must be a mapping")
+        for key, value in body.items():
+            if key not in keys:
+                raise ConfigError(f"{where}: unknown key '{name}.{key}'; valid: {', '.join(keys)}")
+            try:
+                setattr(section, key, coerce(value, keys[key]))
+            except TypeMismatch:
+                raise ConfigError(f"{where}: {name}.{key} = {value!r} is not a valid {describe(keys[key])}") from None
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr=0.01' -> {'optim': {'lr': 0.01}} (the value parsed as YAML)."""
+    dotted, sep, raw = text.partition("=")
+    parts = dotted.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    return {parts[0]: {parts[1]: read_yaml(raw)}}
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file, then the dotted overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file does not exist")
+        values = read_yaml(path.read_text()) or {}
+        apply(cfg, values, str(path))
+    for item in overrides:
+        apply(cfg, parse_override(item), f"override '{item}'")
+    validate(cfg)
+    return cfg
+
+
+def choice(value: Any, choices: tuple, what: str) -> None:
+    """Refuse `value` unless it is one of `choices`, naming the key and the choices."""
+    if value not in choices:
+        raise ConfigError(f"{what} '{value}' is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value the schema can judge alone, so that a bad config fails before any work starts.
+
+    Model and loss names need the model stack: segdist.training.preflight checks them.
+    """
+    choice(cfg.optim.name, OPTIMIZERS, "optim.name")
+    choice(cfg.optim.scheduler, SCHEDULERS, "optim.scheduler")
+    choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
+    choice(cfg.data.normalize, NORMALIZE, "data.normalize")
+    choice(cfg.train.nonfinite, NONFINITE, "train.nonfinite")
+    for tracker in cfg.train.log_with:
+        choice(tracker, TRACKERS, "train.log_with")
+    if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay {cfg.train.ema_decay} must be between 0 and 1 (e.g. 0.999)")
+    if cfg.train.budget is not None:
+        try:
+            parse_duration(cfg.train.budget)
+        except ValueError as exc:
+            raise ConfigError(f"train.budget: {exc}") from None
+    if not cfg.data.train_split:
+        raise ConfigError("data.train_split names no split")
+    if isinstance(cfg.loss.class_weights, str):
+        choice(cfg.loss.class_weights, CLASS_WEIGHTS, "loss.class_weights")
+    if len(cfg.data.crop_size) != 2 or any(int(s) % 32 for s in cfg.data.crop_size):
+        raise ConfigError(f"data.crop_size {cfg.data.crop_size} must be [H, W], both multiples of 32")
+    for key in ("batch_size", "val_batch_size"):
+        if int(getattr(cfg.data, key)) < 1:
+            raise ConfigError(f"data.{key} must be at least 1")
+    if cfg.optim.accumulate < 1:
+        raise ConfigError("optim.accumulate must be at least 1")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML (temporary name, then rename)."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,121 @@
+"""A shard sample -> arrays -> augmented uint8 tensors; each sample's random draws fixed by its own seed.
+
+Decoding keeps the stored pixel grid (segdist.utils.images). Augmentation is albumentations.
+
+albumentations 2.0.8's `A.Compose(steps, seed=S)` seeds every child transform with the same S, so
+transforms with the same probability fire together (hflip 0.5 + vflip 0.5 gave only "none" or
+"both", a 180-degree turn). Here one shared generator pair drives all transforms of a sample, in
+order, so their draws are independent; the pair is derived from (stream seed, sample index), so a
+sample's augmentation does not depend on how many samples were drawn before it and a resumed
+stream can skip samples without augmenting them.
+"""
+
+from __future__ import annotations
+
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from segdist.config import DataConfig
+from segdist.utils.images import decode_label, decode_rgb
+
+
+class CorruptSample(Exception):
+    """A shard sample that cannot be used; `reason` is the name it is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def decode(sample: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Shard sample -> (RGB uint8 image, label map), both on the stored pixel grid."""
+    where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+    data = sample.get("jpg") or sample.get("png")
+    if data is None or "seg.png" not in sample:
+        raise CorruptSample("incomplete_sample", f"{where} lacks its image or seg.png")
+    try:
+        image, label = decode_rgb(data), decode_label(sample["seg.png"])
+    except cv2.error as exc:
+        raise CorruptSample("undecodable", f"{where}: {exc}") from None
+    if image is None or label is None:
+        raise CorruptSample("undecodable", f"{where} does not decode")
+    if image.shape[:2] != label.shape[:2] or label.ndim != 2:
+        raise CorruptSample("size_mismatch", f"{where}: image {image.shape[:2]}, label {label.shape}")
+    return image, label
+
+
+def train_transform(cfg: DataConfig, ignore_index: int) -> A.Compose:
+    """Random scale + crop, flips, rotation, colour and blur (albumentations), on uint8 images.
+
+    Normalisation happens after the batch reaches the device (`Normalizer`): workers ship uint8
+    images and labels, 5x fewer bytes between processes than float32/int64 tensors.
+    """
+    h, w = cfg.crop_size
+    lo, hi = cfg.scale_range
+    steps: list = [A.LongestMaxSize(max_size=cfg.base_size)] if cfg.base_size else []
+    steps += [
+        A.RandomScale(scale_limit=(lo - 1, hi - 1), p=1.0),
+        A.PadIfNeeded(h, w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+        A.RandomCrop(h, w),
+        A.HorizontalFlip(p=cfg.hflip),
+        A.VerticalFlip(p=cfg.vflip),
+    ]
+    if cfg.rotate:
+        steps.append(A.Rotate(limit=cfg.rotate, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index,
+                              p=0.5))
+    if cfg.color_jitter:
+        steps.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=cfg.color_jitter))
+    if cfg.rgb_shift:
+        steps.append(A.RGBShift(r_shift_limit=25, g_shift_limit=25, b_shift_limit=25, p=cfg.rgb_shift))
+    if cfg.blur:
+        steps.append(A.Blur(blur_limit=(3, 3), p=cfg.blur))
+    return A.Compose(steps)
+
+
+def eval_transform(size: int | None) -> A.Compose:
+    """Optional long-side resize of the image; the label is not touched."""
+    return A.Compose([A.LongestMaxSize(max_size=size)] if size else [])
+
+
+def eval_input(rgb: np.ndarray, size: int | None) -> torch.Tensor:
+    """An RGB uint8 HxWx3 image as evaluation and prediction feed it: long side resized to `size`, uint8 CHW."""
+    resized = eval_transform(size)(image=rgb)["image"]
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+
+
+def seed_transform(transform: A.Compose, seed: int, index: int) -> None:
+    """Give all of `transform`'s steps one shared generator pair, fixed by (seed, index)."""
+    numpy_seed, python_seed = np.random.SeedSequence([seed, index]).spawn(2)
+    transform.set_random_state(np.random.default_rng(numpy_seed),
+                               random.Random(int(python_seed.generate_state(1)[0])))
+
+
+def augment(transform: A.Compose, image: np.ndarray, label: np.ndarray, seed: int,
+            index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `index`-th sample of the stream seeded `seed`, augmented, as uint8 CHW image and label tensors."""
+    seed_transform(transform, seed, index)
+    out = transform(image=image, mask=label)
+    return to_tensors(out["image"], out["mask"])
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 CHW image; uint8 label (int32 when ids need 16 bits). `Normalizer` makes them float/long."""
+    if label.dtype != np.uint8:
+        label = label.astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(label)
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 image batch -> normalised float on its device."""
+
+    def __init__(self, mean: tuple, std: tuple):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std

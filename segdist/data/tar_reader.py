@@ -1,0 +1,159 @@
+"""Samples from WebDataset tar shards: resampled streams for training, exact shares for evaluation.
+
+Shards are opened through segdist.storage (a local path, http(s)://, s3:// or pipe:), which retries
+transient faults and resumes where it can. A shard that still cannot be read, or breaks off or
+ends early (a truncated tar; fewer samples than the manifest lists), ends there: the samples read
+before the break are kept, and the event is counted by reason in a `Skips` counter instead of
+stopping the job.
+
+Evaluation splits a split's samples into equal contiguous ranges, one per (process, loader
+worker) slot; with the per-sample byte offsets that `segdist prepare` records, each slot reads
+only the bytes of its own samples.
+"""
+
+from __future__ import annotations
+
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from segdist import storage
+from segdist.errors import DataError
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How shards are opened: retries and timeouts for remote ones, and the node-local cache."""
+
+    retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "Reader":  # noqa: ANN001 - a DataConfig
+        return cls(storage.RetryPolicy(retries=cfg.retries, timeout=cfg.io_timeout), cfg.cache_dir,
+                   int(cfg.cache_max_gb * 2**30))
+
+    def open(self, url: str, start: int, end: int | None, stats: storage.StorageStats):  # noqa: ANN201
+        return storage.open_stream(url, start=start, end=end, retry=self.retry, stats=stats,
+                                   cache_dir=self.cache_dir, cache_max_bytes=self.cache_max_bytes)
+
+
+class Skips(Counter):
+    """What could not be read (counts by reason) and the storage retries of one stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storage = storage.StorageStats()
+        self._reported = storage.StorageStats()
+
+    def take(self) -> dict:
+        """What happened since the last take: {"skipped": {reason: n}, "retries": n, "unavailable": {url: why}}."""
+        counts, self_storage = dict(self), self.storage
+        retries = self_storage.retries - self._reported.retries
+        unavailable = {u: r for u, r in self_storage.unavailable.items() if u not in self._reported.unavailable}
+        self.clear()
+        self._reported = storage.StorageStats().merge(self_storage)
+        return {"skipped": counts, "retries": retries, "unavailable": unavailable}
+
+
+def shard_samples(url: str, skips: Skips, reader: Reader, start: int = 0, end: int | None = None,
+                  expected: int | None = None) -> Iterator[dict]:
+    """The samples of one shard (or byte range), stopping at the first break and counting it.
+
+    `expected` (from the manifest) catches a shard that ends early without an error (a tar cut at
+    a header boundary reads as a shorter archive).
+    """
+    try:
+        stream = reader.open(url, start, end, skips.storage)
+    except storage.ShardUnavailable:
+        skips["unavailable_shard"] += 1
+        return
+    delivered = 0
+    with stream:
+        files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+        try:
+            for sample in group_by_keys(files):
+                delivered += 1
+                yield sample
+        except storage.ShardUnavailable:
+            skips["unavailable_shard"] += 1
+            return
+        except (tarfile.TarError, EOFError, OSError):
+            skips["truncated_shard"] += 1
+            return
+    if expected is not None and delivered < expected:
+        skips["truncated_shard"] += 1
+
+
+def resampled_samples(shards: list[tuple[str, int]], rng: random.Random, skips: Skips,
+                      reader: Reader) -> Iterator[dict]:
+    """Endless samples from (url, sample count) shards drawn with replacement by `rng`.
+
+    Refuses to spin forever: after 2 x shards + 8 draws in a row that gave no sample, every shard is
+    presumably unreadable (a server down, a wrong URL).
+    """
+    patience, empty = 2 * len(shards) + 8, 0
+    while True:
+        url, expected = shards[rng.randrange(len(shards))]
+        got = False
+        for sample in shard_samples(url, skips, reader, expected=expected):
+            got = True
+            yield sample
+        empty = 0 if got else empty + 1
+        if empty >= patience:
+            raise DataError(f"no readable sample in {empty} shards drawn in a row from {shards[0][0]} and others: "
+                            f"{dict(skips)}, unavailable: {skips.storage.unavailable}")
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """Samples [first, stop) of a shard, read from bytes [start, end) (end None: to the end of the file)."""
+
+    url: str
+    first: int
+    stop: int
+    start: int = 0
+    end: int | None = None
+    exact: bool = True  # False: the bytes hold the whole shard; keep only samples first..stop-1
+
+
+def slot_ranges(urls: list[str], shards: list[dict], slot: int, slots: int) -> list[ShardRange]:
+    """The shard ranges holding samples [total*slot/slots, total*(slot+1)/slots) of a split."""
+    total = sum(s["samples"] for s in shards)
+    lo, hi = total * slot // slots, total * (slot + 1) // slots
+    ranges, base = [], 0
+    for url, shard in zip(urls, shards):
+        n = shard["samples"]
+        first, stop = max(lo, base) - base, min(hi, base + n) - base
+        base += n
+        if first >= stop:
+            continue
+        offsets = shard.get("offsets")
+        if offsets:
+            end = offsets[stop] if stop < n else None
+            ranges.append(ShardRange(url, first, stop, offsets[first], end))
+        else:  # a manifest without offsets: read the shard, keep this slot's samples
+            ranges.append(ShardRange(url, first, stop, exact=False))
+    return ranges
+
+
+def range_samples(ranges: Iterable[ShardRange], skips: Skips, reader: Reader) -> Iterator[dict | int]:
+    """The samples of each range, in order; after a range that broke off, the number of its samples lost."""
+    for r in ranges:
+        samples = shard_samples(r.url, skips, reader, r.start, r.end)
+        delivered = 0
+        for index, sample in enumerate(samples):
+            if not r.exact and index < r.first:
+                continue
+            if not r.exact and index >= r.stop:
+                samples.close()
+                break
+            delivered += 1
+            yield sample
+        if delivered < r.stop - r.first:
+            yield r.stop - r.first - delivered

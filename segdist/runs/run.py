@@ -1,0 +1,167 @@
+"""A finished run as evaluate, predict and export see it: config, dataset manifest and a checkpoint's model.
+
+A run directory (`runs/NAME/`) is self-contained: `config.yaml` rebuilds the architecture,
+`dataset.json` gives the class names, palette, ignore index and normalisation, and
+`checkpoints/*/model.safetensors` holds the weights (the unwrapped model's state dict).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from segdist.config import Config, ConfigError, load_config
+from segdist.data.augment import Normalizer, eval_input
+from segdist.data.info import DatasetInfo, normalization
+from segdist.errors import DataError
+from segdist.models import build_from_config, use_channels_last
+from segdist.models.inference import NO_TTA, TTA, autocast, check_mode, infer_each, labels_at, parse_tta
+from segdist.runs import checkpoints
+from segdist.runs.ema import model_weights
+from segdist.utils.images import decode_rgb
+
+CHECKPOINT_CHOICES = "best, last or a checkpoint path"
+
+
+@dataclass
+class Run(DatasetInfo):
+    """A run: its dataset manifest (classes, palette, ignore index: see DatasetInfo; `root` is the
+    run directory), its config and the model restored from one checkpoint (eval mode, CPU)."""
+
+    config: Config
+    checkpoint: Path  # the weights file
+    step: int | None  # optimizer step the checkpoint was written at, when recorded
+    model: torch.nn.Module
+
+    @property
+    def dir(self) -> Path:
+        return self.root
+
+    @property
+    def eval_size(self) -> int | None:
+        """Long side images are resized to before inference (`data.val_size`), as in validation."""
+        return self.config.data.val_size
+
+    def model_on(self, device: torch.device) -> torch.nn.Module:
+        """The model on `device`, channels-last where the run's `model.channels_last` says so for that device."""
+        channels_last = use_channels_last(self.config.model.channels_last, device, self.config.train.mixed_precision)
+        return self.model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def normalizer(self) -> Normalizer:
+        """The normalisation the model was trained with (the run's dataset.json or ImageNet's)."""
+        return Normalizer(*normalization(self.config.data, self))
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], device: torch.device, *,
+                 mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                 tta: TTA = NO_TTA) -> list[np.ndarray]:
+        """Class maps (HxW numpy, at each `sizes` entry) of uint8 CHW `images` (data.augment.eval_input).
+
+        The run's normalisation, its precision (autocast in `train.mixed_precision`) and channels-last
+        rule, one forward pass per size; the path `segdist predict` takes.
+        """
+        model, normalize = self.model_on(device), self.normalizer().to(device)
+        inputs = [normalize(image[None].to(device, non_blocking=True))[0] for image in images]
+        with autocast(device, self.config.train.mixed_precision):
+            probs = infer_each(model, inputs, mode, crop=crop, stride=stride, tta=tta)
+        return [labels_at(p, size).cpu().numpy() for p, size in zip(probs, sizes)]
+
+    def predict(self, image: np.ndarray | str | Path, *, mode: str = "whole", crop: Sequence[int] | None = None,
+                stride: Sequence[int] | None = None, tta: TTA | str | None = None,
+                device: str | torch.device | None = None) -> np.ndarray:
+        """The class map of one image, at the image's own size, exactly as `segdist predict` computes it.
+
+        Args:
+            image: an RGB uint8 HxWx3 array, or the path of an image file (read on its stored pixel
+                grid: EXIF orientation is not applied, as in training).
+            mode: "whole" (default) or "slide" (with `crop` and `stride`, each [H, W]).
+            tta: None, "flip", "scales=0.5,1.0,1.5[,flip]" or a `TTA`.
+            device: where to run (default: CUDA when there is one, else the CPU).
+
+        Returns:
+            An HxW array of class ids (int64), the image's height and width.
+
+        Example:
+            >>> run = segdist.load_run("runs/demo")
+            >>> classes = run.predict("photo.jpg", tta="flip")
+            >>> classes.shape, run.classes[classes[0, 0]]
+        """
+        rgb = read_rgb(image)
+        tta = parse_tta(tta) if isinstance(tta, str) or tta is None else tta
+        check_mode(mode, crop, stride)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return self.classify([eval_input(rgb, self.eval_size)], [rgb.shape[:2]], device, mode=mode, crop=crop,
+                             stride=stride, tta=tta)[0]
+
+
+def read_rgb(image: np.ndarray | str | Path) -> np.ndarray:
+    """An RGB uint8 HxWx3 array as given, or read from a file on its stored pixel grid."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DataError(f"predict takes an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
+        return image
+    path = Path(image)
+    try:
+        rgb = decode_rgb(np.fromfile(path, np.uint8))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc})") from None
+    if rgb is None:
+        raise DataError(f"{path}: not a decodable image")
+    return rgb
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path).
+
+    With `train.ema_decay` set, the model holds the checkpoint's moving average of the weights.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "dataset.json"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir} is not a segdist run: {name} is missing (runs are written by `segdist train`)")
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except ConfigError as exc:
+        raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    manifest = json.loads((run_dir / "dataset.json").read_text())
+    path = checkpoints.resolve(run_dir, checkpoint)
+    use_ema = config.train.ema_decay is not None and (path / checkpoints.EMA_FILE).is_file()
+    weights = path / (checkpoints.EMA_FILE if use_ema else checkpoints.WEIGHTS_FILE)
+    # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
+    model = build_from_config(config.model, len(manifest["classes"]), pretrained=False)
+    load_weights(model, weights)
+    state = json.loads((path / checkpoints.STATE_FILE).read_text()) if (path / checkpoints.STATE_FILE).is_file() else {}
+    return Run(run_dir, manifest, config, weights, state.get("update"), model.eval())
+
+
+def load_weights(model: torch.nn.Module, weights: Path) -> None:
+    """Load a safetensors state dict strictly, tolerating torch.compile / DDP key prefixes."""
+    state = load_file(str(weights))
+    if weights.name == checkpoints.EMA_FILE:
+        state = model_weights(state)
+    state = {_strip_prefixes(k): v for k, v in state.items()}
+    missing, unexpected = (sorted(keys) for keys in _key_mismatch(model, state))
+    if missing or unexpected:
+        raise DataError(f"{weights} does not fit the run's model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # shape mismatches, e.g. a checkpoint of another run with other classes
+        raise DataError(f"{weights} does not fit the run's model: {exc}") from None
+
+
+def _strip_prefixes(key: str) -> str:
+    for prefix in ("_orig_mod.", "module."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _key_mismatch(model: torch.nn.Module, state: dict) -> tuple[set, set]:
+    expected = set(model.state_dict())
+    return expected - set(state), set(state) - expected

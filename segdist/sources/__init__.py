@@ -1,1 +1,0 @@
-"""Raw dataset formats turned into (image bytes, label map) samples."""

@@ -1,0 +1,173 @@
+"""A training job's session: the process group, run directory, data, model, optimizer and resume point.
+
+`setup()` builds everything the step count does not decide; `start()` takes the step count
+(segdist.training.budget.planned_steps) and builds the LR schedule, writes config.yaml and, on
+`--resume`, restores the checkpoint. `Session.state` is what checkpoints save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segdist.config import Config, save_config
+from segdist.data.augment import Normalizer
+from segdist.data.info import DatasetInfo, load_dataset_info, normalization
+from segdist.data.train_loader import SKIP_REASONS, steps_per_epoch
+from segdist.distributed import make_accelerator, sync_batchnorm
+from segdist.errors import CheckpointError
+from segdist.runs import checkpoints
+from segdist.runs.ema import make_ema
+from segdist.training import trackers
+from segdist.training.budget import Check, StepClock
+from segdist.training.logbook import Interval, truncate_log
+from segdist.training.optim import build_criterion, build_optimizer, build_scheduler, refit_schedule
+from segdist.utils.files import write_json_atomic
+
+
+class StopRequested:
+    """SIGTERM / SIGUSR1 (SLURM pre-emption) set a flag; the ranks agree to checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:  # noqa: ANN001
+        self.requested = True
+
+
+@dataclass
+class Session:
+    """Everything a running training job holds; `state` is what its checkpoints save."""
+
+    cfg: Config
+    info: DatasetInfo
+    accelerator: Any
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: torch.nn.Module
+    normalize: Normalizer
+    ema: Any
+    per_epoch: int  # batches per epoch and process
+    resume_from: Path | None  # the checkpoint `--resume` continues from
+    channels_last: bool  # the model and its inputs are channels-last (models.use_channels_last)
+    started: float  # when the job started (time.time()), for the budget
+    state: dict = field(default_factory=lambda: new_state())
+    scheduler: Any = None  # built by start() once the step count is known
+    total_batches: int = 0
+    stopper: StopRequested = field(default_factory=StopRequested)
+    log_lines: list = field(default_factory=list)
+    last_loss: float = math.nan
+    pending_skips: dict = field(default_factory=dict)  # this rank's unreadable data since the last update
+    pending_retries: int = 0  # this rank's storage retries since the last update
+    unavailable: dict = field(default_factory=dict)  # shard URL -> why it could not be read (this rank)
+    interval: Interval = field(default_factory=Interval)
+    totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0})
+    warned_data_bound: bool = False
+    step_clock: StepClock = field(default_factory=StepClock)
+    budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, *args, **kwargs) -> None:
+        """Print once for the whole job (accelerator.print prints once per node)."""
+        if self.main:
+            print(*args, **kwargs, flush=True)
+
+
+def new_state() -> dict:
+    return {"batch": 0, "update": 0, "epoch": 0, "validated_at": 0, "best_miou": -1.0, "best_step": None,
+            "stale": 0, "last_miou": None, "nonfinite_skipped": 0, "nonfinite_in_a_row": 0,
+            "data_skipped": dict.fromkeys(SKIP_REASONS, 0), "storage_retries": 0,  # summed over all ranks
+            "replans": []}  # a budget's [step, new step count] pairs, which bend the LR schedule
+
+
+def setup(cfg: Config, resume: str | None, started: float | None = None) -> Session:
+    """Process group, run directory, data, model, optimizer and the checkpoint to resume from."""
+    from accelerate.utils import set_seed
+
+    from segdist.models import build_from_config, use_channels_last
+
+    info = load_dataset_info(cfg.data.shards)
+    info.shards(cfg.data.train_split), info.shards(cfg.data.val_split)  # fail now if a split is missing
+    run_dir = Path(cfg.train.runs_dir) / cfg.train.name
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
+                                   timeout_s=cfg.train.collective_timeout,
+                                   trackers=trackers.trackers_for(cfg, run_dir), project_dir=run_dir)
+    resume_from = checkpoints.find_resume(run_dir, resume)
+    if accelerator.is_main_process:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_partial(run_dir)
+        write_json_atomic(run_dir / "dataset.json", info.manifest)
+    accelerator.wait_for_everyone()
+
+    set_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_from_config(cfg.model, info.num_classes)
+    if cfg.model.sync_bn:
+        model = sync_batchnorm(accelerator, model)
+    channels_last = use_channels_last(cfg.model.channels_last, accelerator.device, cfg.train.mixed_precision)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = make_ema(accelerator.unwrap_model(model), cfg.train.ema_decay)
+    if cfg.model.compile:
+        model = torch.compile(model)
+    return Session(cfg, info, accelerator, run_dir, model, optimizer, build_criterion(cfg, info).to(accelerator.device),
+                   Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema,
+                   steps_per_epoch(cfg.data, info, accelerator.num_processes), resume_from, channels_last,
+                   time.time() if started is None else started)
+
+
+def start(s: Session, steps: int) -> None:
+    """Fix the step count: LR schedule, config.yaml; then restore `--resume`'s checkpoint and start the trackers."""
+    from accelerate.utils import set_seed
+
+    cfg, accelerator = s.cfg, s.accelerator
+    s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = steps
+    if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
+        save_config(cfg, s.run_dir / "config.yaml")
+    s.total_batches = steps * cfg.optim.accumulate
+    s.scheduler = build_scheduler(cfg.optim, s.optimizer, steps)
+    accelerator.register_for_checkpointing(s.scheduler)
+    # Stochastic layers (dropout) draw differently on each rank; accelerate saves every rank's RNG.
+    set_seed(cfg.train.seed, device_specific=True)
+    if s.resume_from is not None:
+        restore(s, s.resume_from)
+        refit_schedule(s.scheduler, cfg.optim, s.state["planned_steps"], s.state["replans"])
+    if s.main:
+        trackers.start(accelerator, cfg, s.run_dir)
+        truncate_log(s.run_dir / "train_log.jsonl", s.state["update"])
+    s.say(f"training {cfg.model.arch}/{cfg.model.encoder} on {s.info.root} ({s.info.num_classes} classes), "
+          f"{accelerator.num_processes} process(es) on {accelerator.device}, {s.per_epoch} batches of "
+          f"{cfg.data.batch_size} per process per epoch, {s.state['max_steps']} optimizer steps")
+
+
+def restore(s: Session, path: Path) -> None:
+    """Load a complete checkpoint: weights, optimizer, scheduler, scaler, every rank's RNG, EMA, state."""
+    from safetensors.torch import load_file
+
+    s.accelerator.load_state(str(path))
+    if s.ema is not None:
+        ema_file = path / checkpoints.EMA_FILE
+        if not ema_file.is_file():
+            raise CheckpointError(f"{path} has no {checkpoints.EMA_FILE} but train.ema_decay is set")
+        s.ema.load_state_dict(load_file(str(ema_file)))
+    s.state.update(saved_state(path))
+    s.say(f"resumed from {path} at step {s.state['update']}")
+
+
+def saved_state(checkpoint: Path) -> dict:
+    """The loop state a checkpoint holds (segdist_state.json)."""
+    return json.loads((checkpoint / checkpoints.STATE_FILE).read_text())

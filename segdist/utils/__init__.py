@@ -1,0 +1,8 @@
+"""Small helpers every layer may use; none imports another segdist package.
+
+    files.py     complete-or-absent files: atomic_path, write_json_atomic, publish
+    console.py   print_line: one write per line, so ranks' lines never interleave
+    images.py    decode_rgb / decode_label on the stored pixel grid (EXIF orientation ignored)
+    viz.py       palettes, colour masks, overlays, panels and the PNG charts
+    faults.py    fault injection for the reliability tests (SEGDIST_FAULT)
+"""
