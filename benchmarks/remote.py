@@ -11,7 +11,7 @@ and batch size as segdist's. Both sides normalise in the consuming process (coun
 
 Measured:
   baseline   HTTPFolderDataset, 2 requests per sample
-  segdist    `segdist.data.train_loader.train_loader` with `data.shards=<http URL>`: 1 request per shard (of 64 samples)
+  segdist    `segdist.data.train_loader.train_loader` with `data.shards=<http URL>`: ranged reads by sample offset
 
     python benchmarks/remote.py [--images 300] [--workers 2] [--batch 8] [--latency 0.005]
 """
@@ -104,9 +104,11 @@ class HTTPFolderDataset(Dataset):
 
 def segdist_batches(cfg, info):  # noqa: ANN001, ANN201
     """segdist's own training loader reading the shards from the HTTP server: (images, labels) batches."""
+    from segdist.data.plan import Shape, plan_for
     from segdist.data.train_loader import train_loader
 
-    with train_loader(cfg, info, seed=0, rank=0, world_size=1, start=0, end=10**9) as loader:
+    plan = plan_for(cfg, info, 0, Shape(cfg.batch_size, 1, 1))
+    with train_loader(cfg, info, plan, rank=0, start=0, end=10**9) as loader:
         for images, labels, _ in loader:
             yield images, labels
 
@@ -118,7 +120,7 @@ def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, 
     from segdist.data.info import load_dataset_info, normalization
 
     cfg = DataConfig(shards=f"{base_url}/shards", crop_size=[384, 384], batch_size=batch, workers=workers,
-                     epoch_samples=10**6, **augment)
+                     **augment)
     info = load_dataset_info(cfg.shards)  # dataset.json and every shard come over HTTP
     normalize = Normalizer(*normalization(cfg, info))
     prepare = lambda images, labels: (normalize(images), labels.long())  # noqa: E731 - same for both pipelines

@@ -21,12 +21,13 @@ from segdist.cli import main
 class InMemory:
     """Stands in for segdist.data.workers.Loader: the same uint8 batch, `end - start` times."""
 
-    def __init__(self, cfg, info, *, start: int, end: int, **_):  # noqa: ANN001
+    def __init__(self, cfg, info, plan, *, start: int, end: int, **_):  # noqa: ANN001
         h, w = cfg.crop_size
         generator = torch.Generator().manual_seed(0)
         self.batch = (torch.randint(0, 256, (cfg.batch_size, 3, h, w), dtype=torch.uint8, generator=generator),
                       torch.randint(0, info.num_classes, (cfg.batch_size, h, w), dtype=torch.uint8,
-                                    generator=generator), {"skipped": {}, "retries": 0, "unavailable": {}})
+                                    generator=generator), {"skipped": {}, "retries": 0, "unavailable": {},
+                                                                  "keys": [], "decoded": cfg.batch_size})
         self.count = end - start
 
     def __iter__(self):

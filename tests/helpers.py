@@ -155,3 +155,10 @@ def synthetic_shards(root: Path, *, images: int, val_images: int, seed: int, wid
                 "--split", split, "--out", root / "shards", *(["--shard-size", shard_size] if shard_size else []),
                 *(["--keep-empty"] if keep_empty else []))
     return root / "shards"
+
+
+def train_plan(cfg, info, processes: int = 1, accumulate: int = 1, seed: int = 0):  # noqa: ANN001, ANN201
+    """The training plan (order and shape) a run of `processes` x `accumulate` with `cfg` uses."""
+    from segdist.data.plan import Shape, plan_for
+
+    return plan_for(cfg, info, seed, Shape(cfg.batch_size, processes, accumulate))

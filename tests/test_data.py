@@ -1,16 +1,17 @@
-"""The shard readers: equal steps per process, every validation sample exactly once, balancing."""
+"""The shard readers: exact epochs in one order for any shape, every validation sample once, balancing."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, square, write_coco
+from helpers import run_cli, square, train_plan, write_coco
 
 from segdist.config import DataConfig
 from segdist.data.eval_loader import eval_loader
 from segdist.data.info import load_dataset_info
-from segdist.data.train_loader import repeat_factors, steps_per_epoch, train_loader
+from segdist.data.plan import repeat_factors
+from segdist.data.train_loader import train_loader
 
 
 @pytest.fixture(scope="module")
@@ -29,35 +30,37 @@ def dataset(tmp_path_factory, ray_cluster):
 
 
 def _cfg(**kw) -> DataConfig:
-    return DataConfig(crop_size=[32, 32], batch_size=3, val_batch_size=4, shuffle_buffer=8, **kw)
+    return DataConfig(**{"crop_size": [32, 32], "batch_size": 3, "val_batch_size": 4, "shuffle_buffer": 8, **kw})
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_process_runs_the_same_number_of_steps(dataset, workers):
     cfg = _cfg(workers=workers)
     for world in (1, 2, 3):
-        expected = steps_per_epoch(cfg, dataset, world)
-        assert expected == int(np.ceil(37 / (world * 3)))
+        plan = train_plan(cfg, dataset, world)
+        expected = 37 // (world * 3)  # whole global batches of 3 x world samples; the tail is dropped
+        assert plan.batches_per_epoch == expected
         for rank in range(world):
-            with train_loader(cfg, dataset, seed=0, rank=rank, world_size=world) as loader:
+            with train_loader(cfg, dataset, plan, rank=rank) as loader:
                 batches = list(loader)
             assert len(batches) == expected
-            images, labels, unread = batches[0]
+            images, labels, read = batches[0]
             assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32)
-            assert unread == {"skipped": {}, "retries": 0, "unavailable": {}}
+            assert read["skipped"] == {} and read["retries"] == 0 and read["unavailable"] == {}
+            assert len(read["keys"]) == read["decoded"] == 3
 
 
 def _batches(cfg, dataset, start, end, rank=0, world=2):
-    with train_loader(cfg, dataset, seed=0, rank=rank, world_size=world, start=start, end=end) as loader:
+    with train_loader(cfg, dataset, train_plan(cfg, dataset, world), rank=rank, start=start, end=end) as loader:
         return [(images, labels) for images, labels, _ in loader]
 
 
-def test_training_stream_is_fixed_by_seed_epoch_and_rank(dataset):
+def test_training_batches_are_fixed_by_seed_epoch_and_rank(dataset):
     cfg = _cfg(workers=1)
-    per_epoch = steps_per_epoch(cfg, dataset, 2)
 
     def first(seed, epoch, rank):
-        with train_loader(cfg, dataset, seed=seed, rank=rank, world_size=2, start=epoch * per_epoch) as loader:
+        plan = train_plan(cfg, dataset, 2, seed=seed)
+        with train_loader(cfg, dataset, plan, rank=rank, start=epoch * plan.batches_per_epoch) as loader:
             return next(iter(loader))[0]
 
     assert np.array_equal(first(0, 0, 0), first(0, 0, 0))
@@ -70,7 +73,7 @@ def test_training_stream_is_fixed_by_seed_epoch_and_rank(dataset):
 def test_a_loader_started_at_any_batch_continues_the_uninterrupted_stream(dataset, workers):
     """Resuming mid-epoch (and across epochs) gives exactly the batches the run would have seen."""
     cfg = _cfg(workers=workers)
-    per_epoch = steps_per_epoch(cfg, dataset, 2)  # 7: not a multiple of the worker counts
+    per_epoch = train_plan(cfg, dataset, 2).batches_per_epoch  # 6: not a multiple of 4 or 3 + 3 ...
     end = 2 * per_epoch + 3
     whole = _batches(cfg, dataset, 0, end)
     assert len(whole) == end
@@ -79,6 +82,115 @@ def test_a_loader_started_at_any_batch_continues_the_uninterrupted_stream(datase
         assert len(tail) == end - start
         for (a, b), (c, d) in zip(whole[start:], tail):
             assert torch.equal(a, c) and torch.equal(b, d)
+
+
+# (processes, loader workers, per-process batch, accumulation): the same global batch of 12
+SHAPES = [(1, 0, 6, 2), (2, 1, 6, 1), (2, 3, 3, 2), (4, 2, 3, 1), (3, 1, 4, 1)]
+
+
+def _epoch_keys(dataset, processes, workers, batch, accumulate, epochs, monkeypatch):
+    """Every position's key over `epochs` epochs, read as the shape's ranks and loader workers would."""
+    import segdist.data.train_loader as module
+
+    cfg = _cfg(workers=0, batch_size=batch)
+    plan = train_plan(cfg, dataset, processes, accumulate)
+    end = epochs * plan.batches_per_epoch
+    by_position = {}
+    for rank in range(processes):
+        for worker in range(max(workers, 1)):  # each loader worker's share, one after the other
+            monkeypatch.setattr(module, "worker_slot", lambda: (worker, max(workers, 1)))
+            batches = module.TrainBatches(plan, cfg, dataset.ignore_index, rank=rank, start=0, end=end)
+            mine = range(worker, end, max(workers, 1))
+            for j, (_, _, read) in zip(mine, batches):
+                epoch, positions = plan.positions(j, rank)
+                for position, key in zip(positions, read["keys"]):
+                    assert (epoch, int(position)) not in by_position  # no position twice
+                    by_position[epoch, int(position)] = key
+    return [[by_position[e, p] for p in range(plan.samples_per_epoch)] for e in range(epochs)]
+
+
+def test_each_epoch_is_one_pass_in_the_same_order_whatever_the_processes_and_workers(dataset, monkeypatch):
+    reference = None
+    for shape in SHAPES:
+        epochs = _epoch_keys(dataset, *shape, epochs=3, monkeypatch=monkeypatch)
+        for keys in epochs:
+            assert len(keys) == len(set(keys)) == 36  # 37 samples, the last global batch of 12 ends at 36
+        assert epochs[0] != epochs[1] != epochs[2]
+        assert len(set(epochs[0]) | set(epochs[1]) | set(epochs[2])) == 37  # a different tail each epoch
+        reference = reference or epochs
+        assert epochs == reference, shape
+
+
+def test_class_balanced_sampling_repeats_rare_class_images(dataset):
+    factors = repeat_factors(dataset.combined("train"), threshold=0.3)
+    assert factors[1] == 1.0 and factors[2] > 1.5  # person in most images, car in 4 of 37
+
+    def car_share(balanced: bool) -> float:
+        cfg = _cfg(workers=0, class_balanced=balanced)
+        plan = train_plan(cfg, dataset)
+        with train_loader(cfg, dataset, plan, rank=0, end=20 * plan.batches_per_epoch) as loader:
+            labels = [lab for _, lab, _ in loader]
+        return float(np.mean([bool((lab == 2).any()) for batch in labels for lab in batch]))
+
+    plain, balanced = car_share(False), car_share(True)
+    assert plain < 0.2 and balanced > plain * 1.5
+
+
+def test_repeat_factors_come_out_right_on_average_and_every_epoch_has_the_same_length():
+    from segdist.data.order import SampleIndex, epoch_length, epoch_order, repeat_copies
+
+    factors = np.random.default_rng(0).uniform(1.0, 3.0, 500)
+    copies = np.array([repeat_copies(factors, 7, epoch) for epoch in range(400)])
+    assert np.abs(copies.mean(0) - factors).max() < 0.25 and set(np.unique(copies)) <= {1, 2, 3}
+    assert {int(c.sum()) for c in copies} <= {int(np.floor(factors.sum())), int(np.floor(factors.sum())) + 1}
+    index = SampleIndex(("a", "b"), (300, 200), (tuple(range(300)), tuple(range(200))), None)
+    for epoch in range(3):
+        assert len(epoch_order(index, 7, epoch, 2, 16, factors)) >= epoch_length(index, factors)
+
+
+# segdist-order/1's epoch 0 of seed 0 over parts of 5, 5, 5 and 2 samples, 2 lanes, window 3: any change of
+# the algorithm changes it, and must come with a new ALGORITHM (a resume across the change is then refused)
+PINNED_ORDER = [11, 5, 12, 6, 10, 7, 13, 9, 15, 8, 16, 0, 14, 1, 3, 2, 4]
+
+
+def test_the_order_is_fixed_integer_mixing_not_a_random_number_stream():
+    """The same seed gives the same order on any machine and numpy version: its first ids are pinned here."""
+    from segdist.data.order import ALGORITHM, SampleIndex, epoch_order, splitmix64
+
+    assert ALGORITHM == "segdist-order/1"
+    assert int(splitmix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF  # Vigna's reference value
+    index = SampleIndex(tuple("abcd"), (5, 5, 5, 2), tuple(tuple(range(n)) for n in (5, 5, 5, 2)), None)
+    order = epoch_order(index, 0, 0, lanes=2, window=3)
+    assert sorted(order.tolist()) == list(range(17))
+    assert order.tolist() == PINNED_ORDER
+
+
+def test_fit_shape_keeps_the_global_batch_or_says_why_it_cannot():
+    from segdist.data.plan import Shape, fit_shape
+    from segdist.errors import DataError
+
+    assert fit_shape(16, 8, 1, 2) == (Shape(8, 2, 1), None)
+    assert fit_shape(16, 8, 1, 1) == (Shape(8, 1, 2), "optim.accumulate 1 -> 2")
+    assert fit_shape(16, 8, 1, 4) == (Shape(4, 4, 1), "data.batch_size 8 -> 4")
+    with pytest.raises(DataError, match="global batch is 16 samples .* 3 process"):
+        fit_shape(16, 8, 1, 3)
+
+
+def test_a_resume_refuses_another_dataset_seed_or_order_algorithm(dataset, tmp_path):
+    from segdist.data.plan import Shape, plan_for
+    from segdist.errors import DataError
+
+    cfg = _cfg()
+    saved = train_plan(cfg, dataset, 2).state()
+    plan_for(cfg, dataset, 0, Shape(3, 2, 1), saved)  # the same: continues
+    with pytest.raises(DataError, match="training data changed since the checkpoint"):
+        plan_for(cfg, dataset, 0, Shape(3, 2, 1), dict(saved, fingerprint="0" * 16))
+    with pytest.raises(DataError, match="seed 0, this run 5"):
+        plan_for(cfg, dataset, 5, Shape(3, 2, 1), saved)
+    with pytest.raises(DataError, match="sample order is 'segdist-order/0'"):
+        plan_for(cfg, dataset, 0, Shape(3, 2, 1), dict(saved, algorithm="segdist-order/0"))
+    with pytest.raises(DataError, match="sample order is None"):
+        plan_for(cfg, dataset, 0, Shape(3, 2, 1), {})  # a checkpoint of the streams before exact epochs
 
 
 @pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 3), (3, 1, 5)])
@@ -90,20 +202,6 @@ def test_validation_sees_every_sample_exactly_once(dataset, world, workers, batc
             for image, label, size in zip(b["images"], b["labels"], b["sizes"]):
                 assert image.shape[1] % 32 == 0 and tuple(label.shape) == size == (40, 48)
     assert len(keys) == 37 and set(keys.values()) == {1}
-
-
-def test_class_balanced_sampling_repeats_rare_class_images(dataset):
-    factors = repeat_factors(dataset.combined("train"), threshold=0.3)
-    assert factors[1] == 1.0 and factors[2] > 1.5  # person in most images, car in 4 of 37
-
-    def car_share(balanced: bool) -> float:
-        cfg = _cfg(workers=0, class_balanced=balanced, epoch_samples=600)
-        with train_loader(cfg, dataset, seed=1, rank=0, world_size=1) as loader:
-            labels = [lab for _, lab, _ in loader]
-        return float(np.mean([bool((lab == 2).any()) for batch in labels for lab in batch]))
-
-    plain, balanced = car_share(False), car_share(True)
-    assert plain < 0.2 and balanced > plain * 1.5
 
 
 @pytest.mark.parametrize("world, workers", [(1, 1), (2, 2), (3, 2)])
@@ -153,19 +251,16 @@ def test_each_evaluation_slot_reads_only_the_bytes_of_its_own_samples(dataset, w
     assert max(read) <= total_bytes / slots + 2 * largest_sample + 2 * 10240  # its share, give or take a sample
 
 
-def test_resampling_reads_every_sample_equally_often_whatever_its_shards_size(monkeypatch):
-    import itertools
-    import random
+def test_a_loader_started_late_in_an_epoch_decodes_only_the_samples_of_its_batches(dataset, monkeypatch):
+    """No replay: a resume at 90% of an epoch reads and decodes nothing before its first batch."""
+    import segdist.data.train_loader as module
 
-    from segdist.data import tar_reader
-
-    # CamVid train: a full shard and the split's short last one. A draw reads a shard whole, so drawing
-    # shards uniformly already gives every sample the same chance; drawing them by size would not.
-    sizes = {"a.tar": 256, "b.tar": 111}
-    monkeypatch.setattr(tar_reader, "shard_samples", lambda url, skips, reader, expected: (
-        {"__key__": f"{url}/{i}"} for i in range(sizes[url])))
-    stream = tar_reader.resampled_samples(list(sizes.items()), random.Random(0), tar_reader.Skips(), reader=None)
-    read = Counter(sample["__key__"].split("/")[0] for sample in itertools.islice(stream, 400_000))
-    per_sample = {url: read[url] / count for url, count in sizes.items()}
-    # drawn in proportion to their sizes, each of a's samples would come 256 / 111 = 2.3 times as often
-    assert per_sample["b.tar"] / per_sample["a.tar"] == pytest.approx(1, abs=0.08)
+    decoded = []
+    real = module.decode
+    monkeypatch.setattr(module, "decode", lambda sample: decoded.append(sample["__key__"]) or real(sample))
+    cfg = _cfg(workers=0, batch_size=1)
+    plan = train_plan(cfg, dataset)
+    start = int(0.9 * plan.batches_per_epoch)  # 33 of 37
+    with train_loader(cfg, dataset, plan, rank=0, start=start, end=start + 1) as loader:
+        (_, _, read), = list(loader)
+    assert decoded == read["keys"] and len(decoded) == read["decoded"] == 1

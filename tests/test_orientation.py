@@ -9,7 +9,7 @@ turn, flip or transpose between image and label shows as a mismatch.
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, train_plan
 from PIL import Image
 
 from segdist.config import load_config
@@ -83,8 +83,8 @@ def test_the_training_loader_keeps_image_and_label_aligned(oriented):
     cfg = load_config(None, [f"data.shards={oriented / 'shards'}", f"data.crop_size=[{H},{W}]",
                              "data.scale_range=[1.0,1.0]", "data.hflip=0.0", "data.batch_size=8", "data.workers=0",
                              "data.shuffle_buffer=8"]).data
-    with train_loader(cfg, load_dataset_info(oriented / "shards"), seed=0, rank=0, world_size=1, start=0,
-                      end=2) as loader:
+    info = load_dataset_info(oriented / "shards")
+    with train_loader(cfg, info, train_plan(cfg, info), rank=0, start=0, end=2) as loader:
         for images, labels, _ in loader:
             assert images.shape[-2:] == (H, W)
             for image, label in zip(images, labels):

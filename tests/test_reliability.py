@@ -27,7 +27,7 @@ MATRIX = ["data.workers=2", "optim.accumulate=2", "optim.scheduler=poly", "optim
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("faults")
-    return synthetic_shards(root, images=40, val_images=9, seed=11, width=128, height=96,
+    return synthetic_shards(root, images=80, val_images=9, seed=11, width=128, height=96,
                             shard_size=6, keep_empty=True)
 
 

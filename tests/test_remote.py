@@ -17,7 +17,7 @@ TRAIN = ["train.max_steps=6", "data.epoch_samples=48", "data.retries=3", "train.
 @pytest.fixture(scope="module")
 def local_shards(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("remote")
-    return synthetic_shards(root, images=30, val_images=9, seed=4, width=128, height=96,
+    return synthetic_shards(root, images=48, val_images=9, seed=4, width=128, height=96,
                             shard_size=5, keep_empty=True)
 
 

@@ -183,7 +183,7 @@ def test_a_budget_from_the_allocation_sets_the_steps_that_fit_the_time_left(
     count it fits into the run's config (fitting itself: tests/test_training_options.py). The job is
     cancelled once that is done."""
     shards, _ = prepared
-    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, "data.epoch_samples=100000"),
+    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster),
                     options=("--time=30",), env={"BUDGET": "allocation", "BUDGET_MARGIN": "60"})
     config = cluster.root / "runs" / f"demo-{job_id}" / "config.yaml"
     wait_for(lambda: config.exists() and re.search(r"max_steps: \d+", config.read_text()), timeout=180,
@@ -199,7 +199,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, prep
     shards, _ = prepared
     total = 60  # the signal must land before the end: steps of the tiny test model are fast
     job_id = submit(cluster, "train.sbatch", *train_args(
-        shards, cluster, f"train.max_steps={total}", "train.val_every=100", "data.epoch_samples=100000",
+        shards, cluster, f"train.max_steps={total}", "train.val_every=100",
         "optim.scheduler=constant"))
     run = cluster.root / "runs" / f"demo-{job_id}"
     wait_for(lambda: len(steps_logged(run)) >= 2, 180, "two training steps",

@@ -148,7 +148,7 @@ def test_with_ema_validation_best_and_evaluate_use_the_average(shards, tmp_path)
 def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards):
     from segdist.config import load_config
     from segdist.data.info import load_dataset_info
-    from segdist.data.train_loader import TrainBatches, steps_per_epoch
+    from segdist.data.plan import Shape, plan_for
     from segdist.format.class_stats import class_weights
     from segdist.training.optim import build_criterion
 
@@ -156,10 +156,10 @@ def test_training_on_two_splits_reads_both_and_combines_their_statistics(shards)
     cfg = load_config(None, [f"data.shards={shards}", "data.train_split=[train, val]", "data.batch_size=4",
                              "loss.name=weighted_ce", "loss.class_weights=inverse"])
     train, val = info.split("train"), info.split("val")
-    assert steps_per_epoch(cfg.data, info, 1) == -(-(train["samples"] + val["samples"]) // 4)
-    batches = TrainBatches(cfg.data, info, seed=0, rank=0, world_size=1, start=0, end=1)
+    plan = plan_for(cfg.data, info, 0, Shape(4, 1, 1))
+    assert plan.samples_per_epoch == (train["samples"] + val["samples"]) // 4 * 4  # both splits, whole batches
     expected = sorted(str(shards / s["name"]) for s in train["shards"] + val["shards"])
-    assert sorted(url for url, _ in batches.shards) == expected
+    assert sorted(plan.index.urls) == expected
     combined = {k: (np.asarray(train[k]) + np.asarray(val[k])).tolist()
                 for k in ("class_pixels", "class_image_pixels")}
     weights = build_criterion(cfg, info).loss.weight

@@ -38,10 +38,11 @@ class DataConfig:
     batch_size: int = 8  # per process
     val_batch_size: int = 4
     workers: int = 2  # DataLoader workers per process
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # the order's window: how many places a sample may move within its lane
+    lanes: int | None = None  # shard lanes the order interleaves (default: 16, at most the shard parts); kept on resume
     class_balanced: bool = False  # repeat images holding rare classes (repeat-factor sampling)
     balance_threshold: float = 0.3  # repeat images whose rarest class is in fewer than this share
-    epoch_samples: int | None = None  # training samples per epoch over all processes (default: split size)
+    epoch_samples: int | None = None  # a shorter epoch: its first N positions (default and at most: the split)
     cache_dir: str | None = None  # node-local cache for remote shards (each downloaded once per node)
     cache_max_gb: float = 50.0  # the cache's size bound; least recently used shards are evicted
     retries: int = 5  # transient failures tolerated per remote shard read (resumed where possible)
@@ -109,6 +110,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # "skip": give up after this many non-finite updates in a row
     ema_decay: float | None = None  # exponential moving average of the weights (e.g. 0.999); None: off
     budget: str | None = None  # wall-clock budget, e.g. 50m or 2h: sets max_steps to fit it
+    record_samples: bool = False  # write samples.jsonl: the keys each rank trained on at each step
 
 
 @dataclass

@@ -5,9 +5,9 @@ Decoding keeps the stored pixel grid (segdist.utils.images). Augmentation is alb
 albumentations 2.0.8's `A.Compose(steps, seed=S)` seeds every child transform with the same S, so
 transforms with the same probability fire together (hflip 0.5 + vflip 0.5 gave only "none" or
 "both", a 180-degree turn). Here one shared generator pair drives all transforms of a sample, in
-order, so their draws are independent; the pair is derived from (stream seed, sample index), so a
-sample's augmentation does not depend on how many samples were drawn before it and a resumed
-stream can skip samples without augmenting them.
+order, so their draws are independent; in training the pair is derived from (seed, epoch, the
+sample's position in the epoch's order), so a sample gets the same crop and flip whatever the
+number of processes and loader workers, and a resumed run needs to augment nothing before it.
 """
 
 from __future__ import annotations
@@ -87,17 +87,18 @@ def eval_input(rgb: np.ndarray, size: int | None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
-def seed_transform(transform: A.Compose, seed: int, index: int) -> None:
-    """Give all of `transform`'s steps one shared generator pair, fixed by (seed, index)."""
-    numpy_seed, python_seed = np.random.SeedSequence([seed, index]).spawn(2)
+def seed_transform(transform: A.Compose, *entropy: int) -> None:
+    """Give all of `transform`'s steps one shared generator pair, fixed by `entropy` (e.g. seed, epoch, position)."""
+    numpy_seed, python_seed = np.random.SeedSequence([int(e) for e in entropy]).spawn(2)
     transform.set_random_state(np.random.default_rng(numpy_seed),
                                random.Random(int(python_seed.generate_state(1)[0])))
 
 
-def augment(transform: A.Compose, image: np.ndarray, label: np.ndarray, seed: int,
-            index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `index`-th sample of the stream seeded `seed`, augmented, as uint8 CHW image and label tensors."""
-    seed_transform(transform, seed, index)
+def augment(transform: A.Compose, image: np.ndarray, label: np.ndarray,
+            *entropy: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample augmented with the draws `entropy` fixes (training: its seed, epoch and position), as uint8 CHW
+    image and label tensors."""
+    seed_transform(transform, *entropy)
     out = transform(image=image, mask=label)
     return to_tensors(out["image"], out["mask"])
 

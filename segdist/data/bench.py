@@ -15,6 +15,7 @@ import psutil
 
 from segdist.config import Config
 from segdist.data.info import load_dataset_info
+from segdist.data.plan import Shape, plan_for
 from segdist.data.train_loader import train_loader
 
 
@@ -36,7 +37,8 @@ def measure(cfg: Config, workers: int, seconds: float, rank: int = 0, world_size
     data = dataclasses.replace(cfg.data, workers=workers)
     me = psutil.Process()
     images, start, cpu_start = 0, None, 0.0
-    with train_loader(data, info, seed=cfg.train.seed, rank=rank, world_size=world_size, start=0,
+    plan = plan_for(data, info, cfg.train.seed, Shape(cfg.data.batch_size, world_size, cfg.optim.accumulate))
+    with train_loader(data, info, plan, rank=rank, start=0,
                       end=10**9) as loader:
         for batch, _, _ in loader:
             if start is None:  # the first batch pays for worker start-up: not counted

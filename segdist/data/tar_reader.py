@@ -1,4 +1,4 @@
-"""Samples from WebDataset tar shards: resampled streams for training, exact shares for evaluation.
+"""Samples from WebDataset tar shards, whole or by byte range: the reader behind every loader.
 
 Shards are opened through segdist.storage (a local path, http(s)://, s3:// or pipe:), which retries
 transient faults and resumes where it can. A shard that still cannot be read, or breaks off or
@@ -13,7 +13,6 @@ only the bytes of its own samples.
 
 from __future__ import annotations
 
-import random
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from segdist import storage
-from segdist.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,11 @@ class Skips(Counter):
         self._reported = storage.StorageStats().merge(self_storage)
         return {"skipped": counts, "retries": retries, "unavailable": unavailable}
 
+    def absorb(self, other: Skips) -> None:
+        """Add another counter's counts and storage statistics (another range's reads) to this one."""
+        self.update(other)
+        self.storage.merge(other.storage)
+
 
 def shard_samples(url: str, skips: Skips, reader: Reader, start: int = 0, end: int | None = None,
                   expected: int | None = None) -> Iterator[dict]:
@@ -88,26 +91,6 @@ def shard_samples(url: str, skips: Skips, reader: Reader, start: int = 0, end: i
             return
     if expected is not None and delivered < expected:
         skips["truncated_shard"] += 1
-
-
-def resampled_samples(shards: list[tuple[str, int]], rng: random.Random, skips: Skips,
-                      reader: Reader) -> Iterator[dict]:
-    """Endless samples from (url, sample count) shards drawn with replacement by `rng`.
-
-    Refuses to spin forever: after 2 x shards + 8 draws in a row that gave no sample, every shard is
-    presumably unreadable (a server down, a wrong URL).
-    """
-    patience, empty = 2 * len(shards) + 8, 0
-    while True:
-        url, expected = shards[rng.randrange(len(shards))]
-        got = False
-        for sample in shard_samples(url, skips, reader, expected=expected):
-            got = True
-            yield sample
-        empty = 0 if got else empty + 1
-        if empty >= patience:
-            raise DataError(f"no readable sample in {empty} shards drawn in a row from {shards[0][0]} and others: "
-                            f"{dict(skips)}, unavailable: {skips.storage.unavailable}")
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,22 @@
-"""The training loader: every process's batches as a pure function of their position in the run.
+"""The training loader: each process's micro-batches, read by position from the epoch's global order.
 
-Batch i of epoch e on process `rank` is batch i // S of the stream seeded by (seed, e, rank,
-s = i % S), S = max(1, loader workers); each stream resamples shards with replacement and
-shuffles. Every process thus runs exactly `steps_per_epoch` batches whatever the shard layout,
-one DataLoader (and its workers) serves the whole run, and a resumed run gets exactly the batches
-an uninterrupted one would.
+Global batch k of epoch e is positions [kG, (k+1)G) of the epoch's order (data/order.py), G = per-
+process batch B x processes W x accumulation A; micro-batch a (of A) of update k gives process r
+the B positions kG + a*B*W + r*B + [0, B) (data/plan.py). A process numbers its micro-batches
+j = 0, 1, ... over the run; loader worker w of n reads those with j = w (mod n) and keeps no state
+between them, so the batches, their samples and each sample's augmentation, seeded by (seed,
+epoch, position), are the same for any number of processes, nodes and workers that keep G.
+Each epoch ends at its last full global batch: the tail of its order that does not fill one is
+dropped (a different tail every epoch, since the order is reshuffled), never filled with repeats.
+
+A worker reads the samples of a micro-batch by their byte offsets (data/sample_reader.py) and
+fetches the next one's bytes while it decodes this one; a resumed run reads nothing before its
+first step. A sample that cannot be read or decoded is skipped and counted; a micro-batch with no
+readable sample becomes one with every label ignored (loss 0), so every rank runs the same steps.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import random
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,125 +24,97 @@ import torch
 from torch.utils.data import IterableDataset
 
 from segdist.config import DataConfig
-from segdist.data.augment import CorruptSample, augment, decode, train_transform
+from segdist.data.augment import CorruptSample, augment, decode, to_tensors, train_transform
 from segdist.data.info import DatasetInfo
-from segdist.data.tar_reader import Reader, Skips, resampled_samples
+from segdist.data.plan import TrainPlan
+from segdist.data.sample_reader import Fetch, SampleReader
+from segdist.data.tar_reader import Reader
 from segdist.data.workers import Loader, worker_slot
+from segdist.errors import DataError
 from segdist.utils import faults
 
 # Why data could not be read, as counted in the loaders, summary.json and the trackers.
 SKIP_REASONS = ("unavailable_shard", "truncated_shard", "incomplete_sample", "undecodable", "size_mismatch")
-
-
-def stream_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (no Python hash randomisation)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def steps_per_epoch(cfg: DataConfig, info: DatasetInfo, world_size: int) -> int:
-    samples = cfg.epoch_samples or info.combined(cfg.train_split)["samples"]
-    return max(1, math.ceil(samples / (world_size * cfg.batch_size)))
-
-
-def repeat_factors(stats: dict, threshold: float) -> np.ndarray:
-    """Per-class repeat factor max(1, sqrt(t / f_c)), f_c = share of images holding class c (LVIS RFS)."""
-    freq = np.asarray(stats["class_images"], np.float64) / max(stats["samples"], 1)
-    with np.errstate(divide="ignore"):
-        return np.where(freq > 0, np.maximum(1.0, np.sqrt(threshold / freq)), 1.0)
+PATIENCE = 8  # micro-batches a worker reads without any readable sample before it calls the data unreadable
 
 
 class TrainBatches(IterableDataset):
-    """Training batches [start, end) of one process: (uint8 images, labels, skips since the last batch)."""
+    """Micro-batches [start, end) of process `rank`: (uint8 images, labels, what the batch read)."""
 
-    def __init__(self, cfg: DataConfig, info: DatasetInfo, *, seed: int, rank: int, world_size: int,
-                 start: int, end: int):
-        self.cfg, self.seed, self.rank, self.start, self.end = cfg, seed, rank, start, end
-        urls, records = info.shards(cfg.train_split)
-        self.shards = [(url, record["samples"]) for url, record in zip(urls, records)]
+    def __init__(self, plan: TrainPlan, cfg: DataConfig, ignore_index: int, *, rank: int, start: int, end: int):
+        self.plan, self.cfg, self.ignore_index = plan, cfg, ignore_index
+        self.rank, self.start, self.end = rank, start, end
         self.reader = Reader.from_config(cfg)
-        self.ignore_index = info.ignore_index
-        self.per_epoch = steps_per_epoch(cfg, info, world_size)
-        self.streams = max(1, cfg.workers)
-        stats = info.combined(cfg.train_split)
-        self.factors = repeat_factors(stats, cfg.balance_threshold) if cfg.class_balanced else None
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __iter__(self) -> Iterator[tuple]:
         worker, workers = worker_slot()
-        if workers != self.streams:
-            raise RuntimeError(f"TrainBatches expects {self.streams} loader workers, got {workers}")
-        position = self.start + worker  # this worker serves every `workers`-th batch of the run
-        while position < self.end:
-            epoch, index = divmod(position, self.per_epoch)
-            stream = self._stream(epoch, index % workers, first=index // workers)
-            while position < self.end and position // self.per_epoch == epoch:
-                faults.at_step(position)
-                faults.hit("loader")
-                yield next(stream)
-                position += workers
-
-    def _stream(self, epoch: int, stream: int, first: int) -> Iterator[tuple]:
-        """Batches first, first+1, ... of stream (seed, epoch, rank, stream)."""
-        seed = stream_seed(self.seed, epoch, self.rank, stream)
-        skips = Skips()
-        decoded = _decodable(enumerate(self.sample_order(seed, skips)), skips)
-        batch = self.cfg.batch_size
-        for _ in itertools.islice(decoded, first * batch):  # resuming: skip without augmenting
-            pass
+        mine = range(self.start + worker, self.end, workers)  # this worker's micro-batches, round robin
+        reader = SampleReader(self.plan.index, self.reader)
         transform = train_transform(self.cfg, self.ignore_index)
-        while True:
-            items = [augment(transform, image, label, seed, index) for index, image, label
-                     in itertools.islice(decoded, batch)]
-            images, labels = zip(*items)
-            yield torch.stack(images), torch.stack(labels), skips.take()
-
-    def sample_order(self, seed: int, skips: Skips) -> Iterator[dict]:
-        """The undecoded samples of the stream seeded by `seed`, in training order (endless)."""
-        rng = random.Random(seed)
-        samples = resampled_samples(self.shards, rng, skips, self.reader)
-        if self.factors is not None:
-            samples = self._repeat(samples, rng)
-        return _shuffle(samples, self.cfg.shuffle_buffer, rng)
-
-    def _repeat(self, samples: Iterator[dict], rng: random.Random) -> Iterator[dict]:
-        """Repeat-factor sampling: an image comes back r times on average, r from its rarest class."""
-        for sample in samples:
-            try:
-                classes = json.loads(sample["json"])["classes"]
-            except (KeyError, ValueError):
-                classes = []  # decode() counts the broken sample
-            factor = max((self.factors[c] for c in classes), default=1.0)
-            for _ in range(int(factor) + (rng.random() < factor - int(factor))):
-                yield sample
-
-
-def _shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
-    """A shuffle buffer of `size` samples (random.Random-driven, so the order is seeded)."""
-    buffer: list = list(itertools.islice(samples, max(1, size)))
-    for sample in samples:
-        i = rng.randrange(len(buffer))
-        yield buffer[i]
-        buffer[i] = sample
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _decodable(samples: Iterator[tuple[int, dict]], skips: Skips) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(index in the shuffled stream, image, label) of the samples that decode; the others are counted."""
-    for index, sample in samples:
+        read_any, unread = False, {}
         try:
-            yield (index, *decode(sample))
-        except CorruptSample as exc:
-            skips[exc.reason] += 1
+            fetch = self._fetch(reader, mine[0]) if mine else None
+            for n, batch in enumerate(mine):
+                current = fetch
+                fetch = self._fetch(reader, mine[n + 1]) if n + 1 < len(mine) else None  # read ahead
+                faults.at_step(batch)
+                faults.hit("loader")
+                images, labels, info = self._assemble(batch, current, transform)
+                read_any = read_any or info["decoded"] > 0
+                unread.update(info["unavailable"])
+                if not read_any and n + 1 >= PATIENCE:  # refuse to train on nothing for ever
+                    raise DataError(f"no readable training sample in {n + 1} batches of {self.plan.index.urls[0]} "
+                                    f"and the other shards: unavailable: {unread or 'none'}; "
+                                    f"skipped: {info['skipped']}")
+                yield images, labels, info
+        finally:
+            reader.close()
+
+    def samples(self, batch: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(epoch, positions, global sample ids) of micro-batch `batch` of this process."""
+        epoch, positions = self.plan.positions(batch, self.rank)
+        return epoch, positions, self.plan.order(epoch)[positions]
+
+    def _fetch(self, reader: SampleReader, batch: int) -> Fetch:
+        return reader.fetch(self.samples(batch)[2].tolist())
+
+    def _assemble(self, batch: int, fetch: Fetch, transform) -> tuple:  # noqa: ANN001
+        """Decode and augment the fetched samples in position order; stack them into the batch."""
+        epoch, positions, ids = self.samples(batch)
+        found, skips = fetch.result()
+        items, keys = [], []
+        for position, sample_id in zip(positions.tolist(), ids.tolist()):
+            sample = found.get(sample_id)
+            if sample is None:
+                continue  # its range could not be read: counted by the read
+            try:
+                image, label = decode(sample)
+            except CorruptSample as exc:
+                skips[exc.reason] += 1
+                continue
+            items.append(augment(transform, image, label, self.plan.seed, epoch, position))
+            keys.append(sample["__key__"])
+        decoded = len(items)
+        if not items:
+            items = [self._ignored()] * len(positions)
+        images, labels = zip(*items)
+        return torch.stack(images), torch.stack(labels), {**skips.take(), "keys": keys, "decoded": decoded}
+
+    def _ignored(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sample whose every label is the ignore index: it adds nothing to the loss."""
+        h, w = self.cfg.crop_size
+        dtype = np.uint8 if self.ignore_index <= 255 else np.uint16
+        return to_tensors(np.zeros((h, w, 3), np.uint8), np.full((h, w), self.ignore_index, dtype))
 
 
-def train_loader(cfg: DataConfig, info: DatasetInfo, *, seed: int, rank: int, world_size: int, start: int = 0,
+def train_loader(cfg: DataConfig, info: DatasetInfo, plan: TrainPlan, *, rank: int, start: int = 0,
                  end: int | None = None) -> Loader:
-    """Batches start..end-1 of this process's training stream (default: one epoch from `start`)."""
-    if end is None:
-        end = start + steps_per_epoch(cfg, info, world_size)
-    batches = TrainBatches(cfg, info, seed=seed, rank=rank, world_size=world_size, start=start, end=end)
+    """Micro-batches start..end-1 of process `rank` (default: one epoch from `start`)."""
+    end = start + plan.batches_per_epoch if end is None else end
+    batches = TrainBatches(plan, cfg, info.ignore_index, rank=rank, start=start, end=end)
     return Loader(batches, batch_size=None, num_workers=cfg.workers, persistent_workers=False,
                   generator=torch.Generator())  # leaves the global RNG (saved in checkpoints) untouched
+

@@ -10,7 +10,8 @@ import numpy as np
 from segdist.errors import DataError
 
 MANIFEST = "dataset.json"
-FORMAT = "segdist-shards/2"  # 2: shard records list `offsets`; shard k of a split may have parts k_1, k_2, ...
+# 2: shard records list `offsets`; shard k of a split may have parts k_1, k_2, ...; 3: and each sample's `classes`
+FORMAT = "segdist-shards/3"
 IGNORE_INDEX = 255  # the default ignore index of label maps with up to 255 classes
 MAX_LABEL_VALUE = 65535  # label maps are at most uint16
 

@@ -58,15 +58,18 @@ def tar_header(name: str, size: int) -> bytes:
 
 @dataclass
 class ShardPart:
-    """A finished tar file: its name, sample count, size and where each sample's first header starts."""
+    """A finished tar file: its name, sample count, size, where each sample's first header starts and
+    the classes each sample holds (the training order's repeat factors read them)."""
 
     name: str
     samples: int
     bytes: int
     offsets: list[int] = field(default_factory=list)
+    classes: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "offsets": self.offsets}
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "offsets": self.offsets,
+                "classes": self.classes}
 
 
 class TarShard:
@@ -84,14 +87,16 @@ class TarShard:
         n = len(self.parts)
         return f"{self.stem}.tar" if n == 0 else f"{self.stem}_{n}.tar"
 
-    def write(self, key: str, files: dict[str, bytes]) -> None:
-        """Add one sample (`files`: extension -> bytes), starting a new part if this one would get too big."""
+    def write(self, key: str, files: dict[str, bytes], classes: list[int] = ()) -> None:
+        """Add one sample (`files`: extension -> bytes; the class ids it holds), starting a new part if this one
+        would get too big."""
         size = sum(member_bytes(len(data)) for data in files.values())
         if self._part is not None and self.max_bytes is not None and self._estimate + size > self.max_bytes:
             self._finish_part()
         if self._part is None:
             self._open_part()
         self._part.offsets.append(self._offset)
+        self._part.classes.append(list(classes))
         for ext in sorted(files):
             data = files[ext]
             self._write(tar_header(f"{key}.{ext}", len(data)))

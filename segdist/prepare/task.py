@@ -64,7 +64,7 @@ def run_shard_task(task: ShardTask, convert: Callable[[object], object]) -> dict
             except SkipSample as exc:
                 tally.skip(getattr(spec, "key", "?"), exc.reason, exc.detail)
                 continue
-            shard.write(encoded.key, encoded.files)
+            shard.write(encoded.key, encoded.files, np.flatnonzero(encoded.class_pixels).tolist())
             tally.add(encoded)
         parts = shard.close()
     except DataError as exc:

@@ -20,6 +20,7 @@ their counts are kept in the checkpoints, so a resumed run follows the same sche
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -108,8 +109,8 @@ def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a 
     saved = (copy.deepcopy(accelerator.unwrap_model(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()),
              torch.get_rng_state(), np.random.get_state(), random.getstate())
     batches = (steps + warmup) * cfg.optim.accumulate
-    loader = train_loader(cfg.data, s.info, seed=cfg.train.seed + 7919, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes, start=0, end=batches)
+    plan = dataclasses.replace(s.plan, seed=s.plan.seed + 7919, _orders={})  # another order: not the run's samples
+    loader = train_loader(cfg.data, s.info, plan, rank=accelerator.process_index, start=0, end=batches)
     with loader:
         for i, (images, labels, _) in enumerate(loader):
             if i == warmup * cfg.optim.accumulate:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from segdist.distributed import agree
 from segdist.errors import NonFiniteLoss
 from segdist.runs import checkpoints
 from segdist.utils.console import print_line
@@ -121,7 +122,8 @@ def summarise(s: Any, stop: str) -> dict:
             "unavailable_shards": gathered_unavailable(s),
             "images_per_s_per_process": totals["images"] / max(totals["elapsed"], 1e-9),
             "data_wait_share": totals["waited"] / max(totals["elapsed"], 1e-9),
-            "max_steps": state["max_steps"], "elapsed_s": time.time() - s.started}
+            "max_steps": state["max_steps"], "elapsed_s": time.time() - s.started,
+            "samples_decoded": int(agree(s.accelerator, totals["decoded"])[0])}  # by this job, every rank
 
 
 def gathered_unavailable(s: Any) -> dict:

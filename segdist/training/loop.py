@@ -45,8 +45,7 @@ def main(cfg: Config, resume: str | None = None) -> dict:
     stop = "done"
     # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
     end = s.total_batches * (MAX_GROWTH if s.budget_check else 1)
-    loader = train_loader(cfg.data, s.info, seed=cfg.train.seed, rank=s.accelerator.process_index,
-                          world_size=s.accelerator.num_processes, start=s.state["batch"], end=end)
+    loader = train_loader(cfg.data, s.info, s.plan, rank=s.accelerator.process_index, start=s.state["batch"], end=end)
     bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train", dynamic_ncols=True)
     with loader, bar:  # closed on every path: workers released, an error message starts on a new line
         batches = iter(loader)
@@ -84,9 +83,9 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         waited = time.perf_counter()
         if micro == 0:
             update_began = waited
-        images, labels, unread = next(batches)
+        images, labels, read = next(batches)
         s.interval.waited += time.perf_counter() - waited
-        note_unread(s, unread)
+        note_unread(s, read)
         pending_loss += forward_backward(s, images, labels)
         micro += 1
         state["batch"] += 1
@@ -95,6 +94,7 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         if not accelerator.sync_gradients:
             continue
         outcome = optimizer_step(s, pending_loss / micro)
+        record_samples(s)
         pending_loss, micro = torch.zeros((), device=accelerator.device), 0
         s.step_clock.add(state["update"], time.perf_counter() - update_began)
         if outcome != "done":
@@ -117,6 +117,18 @@ def forward_backward(s: Session, images: torch.Tensor, labels: torch.Tensor) -> 
         loss = faults.loss_value(s.criterion(s.model(images), labels))
         accelerator.backward(loss)
     return loss.detach()
+
+
+def record_samples(s: Session) -> None:
+    """`train.record_samples`: append this rank's keys of the update to samples.jsonl (one write per line)."""
+    keys, s.step_keys = s.step_keys, []
+    if not s.cfg.train.record_samples:
+        return
+    update = s.state["update"]
+    line = json.dumps({"step": update, "epoch": (update - 1) // s.plan.updates_per_epoch,
+                       "rank": s.accelerator.process_index, "keys": keys}) + "\n"
+    with open(s.run_dir / "samples.jsonl", "a") as f:  # O_APPEND: every rank's lines stay whole
+        f.write(line)
 
 
 def after_update(s: Session, bar: tqdm, epoch_end: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,9 +21,10 @@ import torch
 from segdist.config import Config, save_config
 from segdist.data.augment import Normalizer
 from segdist.data.info import DatasetInfo, load_dataset_info, normalization
-from segdist.data.train_loader import SKIP_REASONS, steps_per_epoch
+from segdist.data.plan import Shape, TrainPlan, fit_shape, plan_for
+from segdist.data.train_loader import SKIP_REASONS
 from segdist.distributed import make_accelerator, sync_batchnorm
-from segdist.errors import CheckpointError
+from segdist.errors import CheckpointError, DataError
 from segdist.runs import checkpoints
 from segdist.runs.ema import make_ema
 from segdist.training import trackers
@@ -57,7 +59,7 @@ class Session:
     criterion: torch.nn.Module
     normalize: Normalizer
     ema: Any
-    per_epoch: int  # batches per epoch and process
+    plan: TrainPlan  # the sample order and the global batch's shape (data/plan.py)
     resume_from: Path | None  # the checkpoint `--resume` continues from
     channels_last: bool  # the model and its inputs are channels-last (models.use_channels_last)
     started: float  # when the job started (time.time()), for the budget
@@ -71,10 +73,16 @@ class Session:
     pending_retries: int = 0  # this rank's storage retries since the last update
     unavailable: dict = field(default_factory=dict)  # shard URL -> why it could not be read (this rank)
     interval: Interval = field(default_factory=Interval)
-    totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0})
+    totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0, "decoded": 0})
     warned_data_bound: bool = False
     step_clock: StepClock = field(default_factory=StepClock)
     budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
+    step_keys: list = field(default_factory=list)  # sample keys of this rank's micro-batches since the last update
+
+    @property
+    def per_epoch(self) -> int:
+        """Micro-batches per epoch and process."""
+        return self.plan.batches_per_epoch
 
     @property
     def main(self) -> bool:
@@ -102,10 +110,14 @@ def setup(cfg: Config, resume: str | None, started: float | None = None) -> Sess
     info = load_dataset_info(cfg.data.shards)
     info.shards(cfg.data.train_split), info.shards(cfg.data.val_split)  # fail now if a split is missing
     run_dir = Path(cfg.train.runs_dir) / cfg.train.name
+    resume_from = checkpoints.find_resume(run_dir, resume)
+    plan = training_plan(cfg, info, resume_from)  # before anything is written: a resume it cannot continue stops here
     accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
                                    timeout_s=cfg.train.collective_timeout,
                                    trackers=trackers.trackers_for(cfg, run_dir), project_dir=run_dir)
-    resume_from = checkpoints.find_resume(run_dir, resume)
+    if accelerator.num_processes != plan.shape.processes:
+        raise DataError(f"the launcher set WORLD_SIZE={plan.shape.processes} but the process group has "
+                        f"{accelerator.num_processes} processes")
     if accelerator.is_main_process:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         checkpoints.remove_partial(run_dir)
@@ -125,9 +137,26 @@ def setup(cfg: Config, resume: str | None, started: float | None = None) -> Sess
     if cfg.model.compile:
         model = torch.compile(model)
     return Session(cfg, info, accelerator, run_dir, model, optimizer, build_criterion(cfg, info).to(accelerator.device),
-                   Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema,
-                   steps_per_epoch(cfg.data, info, accelerator.num_processes), resume_from, channels_last,
-                   time.time() if started is None else started)
+                   Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, plan, resume_from,
+                   channels_last, time.time() if started is None else started)
+
+
+def training_plan(cfg: Config, info: DatasetInfo, resume_from: Path | None) -> TrainPlan:
+    """The order and the global batch's shape on this job's processes.
+
+    A resumed run keeps the checkpoint's order and global batch: with another process count the
+    accumulation (else the per-process batch) adapts, written into `cfg` and said once.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    saved = saved_state(resume_from).get("order", {}) if resume_from is not None else None
+    shape = Shape(cfg.data.batch_size, world, cfg.optim.accumulate)
+    if saved and "global_batch" in saved:
+        shape, change = fit_shape(saved["global_batch"], cfg.data.batch_size, cfg.optim.accumulate, world)
+        if change and os.environ.get("RANK", "0") == "0":
+            print(f"segdist: resuming a global batch of {shape.global_batch} samples on {world} process(es): "
+                  f"{change}", flush=True)
+        cfg.data.batch_size, cfg.optim.accumulate = shape.batch, shape.accumulate
+    return plan_for(cfg.data, info, cfg.train.seed, shape, saved)
 
 
 def start(s: Session, steps: int) -> None:
@@ -136,6 +165,7 @@ def start(s: Session, steps: int) -> None:
 
     cfg, accelerator = s.cfg, s.accelerator
     s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = steps
+    s.state["order"], s.state["shape"] = s.plan.state(), vars(s.plan.shape).copy()
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, s.run_dir / "config.yaml")
     s.total_batches = steps * cfg.optim.accumulate
@@ -149,9 +179,13 @@ def start(s: Session, steps: int) -> None:
     if s.main:
         trackers.start(accelerator, cfg, s.run_dir)
         truncate_log(s.run_dir / "train_log.jsonl", s.state["update"])
+        truncate_log(s.run_dir / "samples.jsonl", s.state["update"])
+    accelerator.wait_for_everyone()  # no rank appends to samples.jsonl before it is cut back to the checkpoint
     s.say(f"training {cfg.model.arch}/{cfg.model.encoder} on {s.info.root} ({s.info.num_classes} classes), "
           f"{accelerator.num_processes} process(es) on {accelerator.device}, {s.per_epoch} batches of "
-          f"{cfg.data.batch_size} per process per epoch, {s.state['max_steps']} optimizer steps")
+          f"{cfg.data.batch_size} per process per epoch, {s.state['max_steps']} optimizer steps; each epoch "
+          f"{s.plan.samples_per_epoch} of {s.plan.epoch_length} samples in global batches of "
+          f"{s.plan.shape.global_batch} (the order's tail is dropped)")
 
 
 def restore(s: Session, path: Path) -> None:
@@ -164,8 +198,21 @@ def restore(s: Session, path: Path) -> None:
         if not ema_file.is_file():
             raise CheckpointError(f"{path} has no {checkpoints.EMA_FILE} but train.ema_decay is set")
         s.ema.load_state_dict(load_file(str(ema_file)))
-    s.state.update(saved_state(path))
+    saved = saved_state(path)
+    s.state.update(saved, order=s.plan.state(), shape=vars(s.plan.shape).copy())
+    rescale_batches(s, saved["shape"]["accumulate"])
     s.say(f"resumed from {path} at step {s.state['update']}")
+
+
+def rescale_batches(s: Session, saved_accumulate: int) -> None:
+    """Micro-batch counts of a checkpoint written with another accumulation, in this run's micro-batches.
+
+    Checkpoints are written at optimizer steps, so every count is a whole number of updates.
+    """
+    accumulate = s.plan.shape.accumulate
+    s.state["batch"] = s.state["update"] * accumulate
+    s.state["validated_at"] = s.state["validated_at"] // saved_accumulate * accumulate
+    s.accelerator.step = s.state["update"] * accumulate  # accelerate's micro-step count decides when to sync
 
 
 def saved_state(checkpoint: Path) -> dict:

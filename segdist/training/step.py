@@ -73,7 +73,10 @@ def skip_update(s: Session, ranks: int) -> str:
 
 
 def note_unread(s: Session, unread: dict) -> None:
-    """Add what a batch's stream could not read (skips, storage retries, shards given up) to this rank's tally."""
+    """Add what a batch could not read (skips, storage retries, shards given up) to this rank's tally, and
+    keep the keys and the count of the samples it decoded."""
+    s.step_keys += unread["keys"]
+    s.totals["decoded"] += unread["decoded"]
     for reason, n in unread["skipped"].items():
         s.pending_skips[reason] = s.pending_skips.get(reason, 0) + n
     s.pending_retries += unread["retries"]
