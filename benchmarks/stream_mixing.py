@@ -10,6 +10,7 @@ variation distance between the sequences they hold and the split's own mix; 0 is
 A DataLoader with shuffle=True (the plain loop) is the baseline: a uniform permutation.
 
     python benchmarks/stream_mixing.py --shards /tmp/camvid-work/shards [--windows 256 1024] [--lanes 2 16]
+        [--chunks 1 4 8] [--stretch 32]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--windows", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--lanes", type=int, nargs="+", default=[2, 16])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--stretch", type=int, default=32, help="positions per stretch (e.g. a global batch)")
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()
@@ -60,10 +62,12 @@ def main() -> None:
           f"over stretches of {args.stretch}")
     for lanes in args.lanes:
         for window in args.windows:
-            tv = [distance(s, split) for e in range(args.epochs)
-                  for s in stretches([keys[i] for i in epoch_order(index, 0, e, lanes, window)], args.stretch)]
-            print(f"lanes {lanes:3d} window {window:5d}: mean distance {statistics.mean(tv):.3f} "
-                  f"(worst {max(tv):.3f})")
+            for chunk in args.chunks:
+                orders = [[keys[i] for i in epoch_order(index, 0, e, lanes, window, chunk=chunk)]
+                          for e in range(args.epochs)]
+                tv = [distance(s, split) for order in orders for s in stretches(order, args.stretch)]
+                print(f"lanes {lanes:3d} window {window:5d} chunk {chunk}: mean distance {statistics.mean(tv):.3f} "
+                      f"(worst {max(tv):.3f})")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The baseline is segdist itself at the commit before exact epochs (`--baseline` c
 decodes every earlier sample of the epoch to skip it. Both run the same commands on the same data.
 
   resume   time from starting `segdist train --resume` to its first training step, resumed at 10%
-           and at 90% of a 10,000-sample epoch (synthetic COCO 96x72, shards of 256, 1 process,
+           and at 90% of a 10,000-sample epoch (synthetic COCO 640x480, shards of 256, 1 process,
            2 loader workers, batch 8; the checkpoint's step count is set to that point)
   loader   `segdist bench-data` images/s on the real CamVid train split (demo recipe's augmentation),
            1 and 2 loader workers, shards read locally and over HTTP with 5 ms per request
@@ -61,7 +61,7 @@ def prepare_synthetic(work: Path) -> Path:
     from segdist.synth.coco import write_synthetic_coco
 
     raw, shards = work / "raw10k", work / "shards10k"
-    write_synthetic_coco(raw, 10_000, val_images=8, seed=0, width=96, height=72)
+    write_synthetic_coco(raw, 10_000, val_images=8, seed=0, width=640, height=480)
     for split in ("train", "val"):
         segdist(REPO, "prepare", "coco", "--images", str(raw / split), "--annotations",
                 str(raw / "annotations" / f"instances_{split}.json"), "--classes", "person,bicycle,car",

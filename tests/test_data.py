@@ -264,3 +264,33 @@ def test_a_loader_started_late_in_an_epoch_decodes_only_the_samples_of_its_batch
     with train_loader(cfg, dataset, plan, rank=0, start=start, end=start + 1) as loader:
         (_, _, read), = list(loader)
     assert decoded == read["keys"] and len(decoded) == read["decoded"] == 1
+
+
+def test_the_order_keeps_chunks_of_a_shard_together_and_moves_their_borders_every_epoch():
+    from segdist.data.order import SampleIndex, epoch_order
+
+    index = SampleIndex(tuple("abcd"), (40,) * 4, (tuple(range(40)),) * 4, None)  # 4 lanes of one part each
+    borders = []
+    for epoch in range(3):
+        order = epoch_order(index, 3, epoch, lanes=4, window=16, chunk=8)
+        assert sorted(order.tolist()) == list(range(160))  # still every sample once
+        runs = np.split(order, np.flatnonzero(np.diff(order) != 1) + 1)  # consecutive ids: one ranged read
+        assert max(map(len, runs)) <= 8 and np.mean([len(r) for r in runs]) > 5
+        borders.append({int(r[0]) for r in runs})
+    assert borders[0] != borders[1] != borders[2]
+
+
+def test_repeated_copies_of_a_sample_land_in_different_chunks():
+    from segdist.data.order import SampleIndex, epoch_order
+
+    index = SampleIndex(("a", "b"), (32, 32), (tuple(range(32)),) * 2, None)
+    factors = np.where(np.arange(64) % 5 == 0, 2.0, 1.0)
+    order = epoch_order(index, 0, 0, lanes=2, window=8, factors=factors, chunk=8)
+    assert len(order) == 64 + 13
+    for chunk in np.split(order, np.flatnonzero(np.diff(order) != 1) + 1):
+        assert len(set(chunk.tolist())) == len(chunk)
+    first, last = {}, {}
+    for position, sample in enumerate(order.tolist()):
+        first.setdefault(sample, position)
+        last[sample] = position
+    assert min(last[s] - first[s] for s in first if last[s] != first[s]) >= 8

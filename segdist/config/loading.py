@@ -129,6 +129,11 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "val_batch_size"):
         if int(getattr(cfg.data, key)) < 1:
             raise ConfigError(f"data.{key} must be at least 1")
+    for key in ("chunk", "lanes", "epoch_samples"):
+        if getattr(cfg.data, key) is not None and getattr(cfg.data, key) < 1:
+            raise ConfigError(f"data.{key} must be at least 1")
+    if cfg.data.shuffle_buffer < 0:
+        raise ConfigError("data.shuffle_buffer must be at least 0")
     if cfg.optim.accumulate < 1:
         raise ConfigError("optim.accumulate must be at least 1")
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 ALGORITHM = "segdist-order/1"
-_SHARDS, _WINDOW, _REPEAT = 1, 2, 3  # what a hash is drawn for (kept apart so draws do not correlate)
+_SHARDS, _WINDOW, _REPEAT, _CHUNK = 1, 2, 3, 4  # what a hash is drawn for (kept apart so draws do not correlate)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -65,7 +66,7 @@ class SampleIndex:
     def size(self) -> int:
         return sum(self.counts)
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
         """Global id of each part's first sample."""
         return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
@@ -107,23 +108,36 @@ def epoch_length(index: SampleIndex, factors: np.ndarray | None) -> int:
 
 
 def epoch_order(index: SampleIndex, seed: int, epoch: int, lanes: int, window: int,
-                factors: np.ndarray | None = None) -> np.ndarray:
-    """The global sample ids of `epoch` in training order (int64; repeated ids when `factors` is given)."""
+                factors: np.ndarray | None = None, chunk: int = 1) -> np.ndarray:
+    """The global sample ids of `epoch` in training order (int64; repeated ids when `factors` is given).
+
+    `chunk` consecutive samples of a part move together (one ranged read); the chunks' boundaries
+    shift by a seeded offset every epoch, so the same samples are not grouped every time.
+    """
     parts = np.argsort(mix(seed, epoch, _SHARDS, np.arange(len(index.counts))), kind="stable")
-    lanes = max(1, min(lanes, len(parts)))
+    lanes, chunk = max(1, min(lanes, len(parts))), max(1, chunk)
     counts, starts = np.asarray(index.counts, np.int64), index.starts
-    ids, lane = [], []
-    for rank, part in enumerate(parts):  # parts dealt round-robin into lanes, in the permuted order
-        ids.append(np.arange(starts[part], starts[part] + counts[part]))
-        lane.append(np.full(counts[part], rank % lanes))
-    ids, lane = np.concatenate(ids), np.concatenate(lane)
-    if factors is not None:
+    ids = np.concatenate([np.arange(starts[p], starts[p] + counts[p]) for p in parts])
+    part = np.repeat(parts, counts[parts])
+    lane = np.repeat(np.arange(len(parts)) % lanes, counts[parts])  # parts dealt round-robin, permuted order
+    copy = np.zeros(len(ids), np.int64)
+    if factors is not None:  # a sample's k-th copy comes in the lane's k-th pass over its parts
         copies = repeat_copies(factors, seed, epoch)[ids]
-        ids, lane = np.repeat(ids, copies), np.repeat(lane, copies)
-    by_lane = np.argsort(lane, kind="stable")  # each lane's samples in the order of its parts
-    ids, lane = ids[by_lane], lane[by_lane]
-    place = np.arange(len(ids)) - np.searchsorted(lane, lane)  # position within the lane
-    jitter = place + max(window, 0) * uniform(seed, epoch, _WINDOW, lane, place)
-    within = np.lexsort((jitter, lane))  # the window shuffle, lane by lane
-    ids, lane = ids[within], lane[within]
-    return ids[np.lexsort((lane, place))]  # interleaved: the j-th sample of every lane, lane by lane
+        ids, part, lane = np.repeat(ids, copies), np.repeat(part, copies), np.repeat(lane, copies)
+        copy = np.arange(len(ids)) - np.repeat(np.cumsum(copies) - copies, copies)
+    by_lane = np.lexsort((np.arange(len(ids)), copy, lane))  # each lane's samples by pass, in its parts' order
+    ids, part, lane, copy = ids[by_lane], part[by_lane], lane[by_lane], copy[by_lane]
+    shift = (mix(seed, epoch, _CHUNK, part) % np.uint64(chunk)).astype(np.int64)
+    group = (ids - starts[part] + shift) // chunk  # the sample's chunk within its part
+    first = np.r_[True, (part[1:] != part[:-1]) | (group[1:] != group[:-1]) | (lane[1:] != lane[:-1])
+                  | (copy[1:] != copy[:-1])]
+    chunk_of = np.cumsum(first) - 1
+    chunk_lane = lane[first]
+    slot = np.arange(len(chunk_lane)) - np.searchsorted(chunk_lane, chunk_lane)  # the chunk's place in its lane
+    jitter = slot + max(window, 0) / chunk * uniform(seed, epoch, _WINDOW, chunk_lane, slot)
+    moved = np.lexsort((jitter, chunk_lane))  # the window shuffle of the chunks, lane by lane
+    rounds = np.empty(len(chunk_lane), np.int64)
+    rounds[moved] = slot
+    within = np.arange(len(ids)) - np.flatnonzero(first)[chunk_of]  # a sample's place in its chunk
+    # interleaved: the r-th chunk of every lane, lane by lane, each chunk's samples in shard order
+    return ids[np.lexsort((within, lane, rounds[chunk_of]))]

@@ -85,6 +85,7 @@ class TrainPlan:
     seed: int
     lanes: int
     window: int
+    chunk: int
     shape: Shape
     factors: np.ndarray | None = None  # per-sample repeat factors (data.class_balanced)
     epoch_samples: int | None = None  # data.epoch_samples: a shorter epoch (the first positions of each order)
@@ -115,7 +116,8 @@ class TrainPlan:
         if epoch not in self._orders:
             if len(self._orders) >= KEPT_ORDERS:
                 self._orders.pop(min(self._orders))
-            self._orders[epoch] = epoch_order(self.index, self.seed, epoch, self.lanes, self.window, self.factors)
+            self._orders[epoch] = epoch_order(self.index, self.seed, epoch, self.lanes, self.window, self.factors,
+                                              self.chunk)
         return self._orders[epoch]
 
     def positions(self, batch: int, rank: int) -> tuple[int, np.ndarray]:
@@ -129,6 +131,7 @@ class TrainPlan:
     def state(self) -> dict:
         """What a resumed run must agree with (checked by `check_resume`)."""
         return {"algorithm": ALGORITHM, "seed": self.seed, "lanes": self.lanes, "window": self.window,
+                "chunk": self.chunk,
                 "global_batch": self.shape.global_batch, "fingerprint": self.index.fingerprint(),
                 "repeat_factors": None if self.factors is None else _digest(self.factors),
                 "epoch_samples": self.epoch_samples}
@@ -149,7 +152,8 @@ def plan_for(cfg: DataConfig, info: DatasetInfo, seed: int, shape: Shape, saved:
     factors = sample_factors(info, cfg, index) if cfg.class_balanced else None
     lanes = saved["lanes"] if saved is not None else min(cfg.lanes or DEFAULT_LANES, len(index.counts))
     window = saved["window"] if saved is not None else cfg.shuffle_buffer
-    plan = TrainPlan(index, seed, lanes, window, shape, factors, cfg.epoch_samples)
+    chunk = saved["chunk"] if saved is not None else cfg.chunk
+    plan = TrainPlan(index, seed, lanes, window, chunk, shape, factors, cfg.epoch_samples)
     if saved is not None:
         check_resume(plan, saved)
     if cfg.epoch_samples is not None and cfg.epoch_samples > plan.epoch_length:

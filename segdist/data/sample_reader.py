@@ -11,7 +11,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from segdist.data.order import SampleIndex
-from segdist.data.tar_reader import Reader, ShardRange, Skips, range_samples
+from segdist.data.tar_reader import Reader, ShardRange, Skips, read_range
 
 
 def coalesced_ranges(index: SampleIndex, samples: list[int]) -> list[tuple[int, ShardRange]]:
@@ -47,15 +47,9 @@ class SampleReader:
         return Fetch([self.pool.submit(self._read_range, part, r) for part, r in coalesced_ranges(self.index, samples)])
 
     def _read_range(self, part: int, r: ShardRange) -> tuple[dict[int, dict], Skips]:
-        skips, found = Skips(), {}
-        base = int(self.index.starts[part])
-        item = r.first
-        for sample in range_samples([r], skips, self.reader):
-            if isinstance(sample, int):  # the range broke off: its remaining samples are lost (counted)
-                break
-            found[base + item] = sample
-            item += 1
-        return found, skips
+        skips = Skips()
+        first = int(self.index.starts[part]) + r.first
+        return {first + i: sample for i, sample in enumerate(read_range(r, skips, self.reader))}, skips
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from segdist import storage
+from segdist.format import tar_members
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,27 @@ def slot_ranges(urls: list[str], shards: list[dict], slot: int, slots: int) -> l
         else:  # a manifest without offsets: read the shard, keep this slot's samples
             ranges.append(ShardRange(url, first, stop, exact=False))
     return ranges
+
+
+def read_range(r: ShardRange, skips: Skips, reader: Reader) -> list[dict]:
+    """The samples of an exact byte range, read in one request and parsed in memory (a few samples: a
+    training batch's); a range that cannot be read or breaks off gives those before the break, counted."""
+    try:
+        with reader.open(r.url, r.start, r.end, skips.storage) as stream:
+            data = stream.read()
+    except storage.ShardUnavailable:
+        skips["unavailable_shard"] += 1
+        return []
+    found = []
+    try:
+        for sample in tar_members.samples(data):
+            found.append({**sample, "__url__": r.url})
+    except tarfile.TarError:
+        skips["truncated_shard"] += 1
+        return found
+    if len(found) < r.stop - r.first:
+        skips["truncated_shard"] += 1
+    return found[: r.stop - r.first]
 
 
 def range_samples(ranges: Iterable[ShardRange], skips: Skips, reader: Reader) -> Iterator[dict | int]:
