@@ -54,10 +54,11 @@ def prepare_coco(images: str | Path, annotations: str | Path, classes: str | Seq
         ...                      ["person", "bicycle", "car"], "shards/coco3", split="val")
     """
     from segdist.prepare.jobs import coco_job
-    from segdist.prepare.run import write
+    from segdist.prepare.run import prepare
 
-    job = coco_job(images, annotations, list(classes) if not isinstance(classes, str) else classes, **options)
-    return write(job, out, workers=workers, address=address, overwrite=overwrite, work_dir=work_dir)
+    names = list(classes) if not isinstance(classes, str) else classes
+    return prepare(lambda: coco_job(images, annotations, names, **options), out, workers=workers, address=address,
+                   overwrite=overwrite, work_dir=work_dir)
 
 
 def prepare_cityscapes(root: str | Path, split: str, out: str | Path, *, workers: int | None = None,
@@ -79,10 +80,10 @@ def prepare_cityscapes(root: str | Path, split: str, out: str | Path, *, workers
         >>> segdist.prepare_cityscapes("cityscapes", "val", "shards/cityscapes")
     """
     from segdist.prepare.jobs import cityscapes_job
-    from segdist.prepare.run import write
+    from segdist.prepare.run import prepare
 
-    job = cityscapes_job(root, split, **options)
-    return write(job, out, workers=workers, address=address, overwrite=overwrite, work_dir=work_dir)
+    return prepare(lambda: cityscapes_job(root, split, **options), out, workers=workers, address=address,
+                   overwrite=overwrite, work_dir=work_dir)
 
 
 def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequence[str], out: str | Path, *,
@@ -107,10 +108,11 @@ def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequenc
         ...                        source_ignore=11)
     """
     from segdist.prepare.jobs import folder_job
-    from segdist.prepare.run import write
+    from segdist.prepare.run import prepare
 
-    job = folder_job(images, masks, list(classes) if not isinstance(classes, str) else classes, **options)
-    return write(job, out, workers=workers, address=address, overwrite=overwrite, work_dir=work_dir)
+    names = list(classes) if not isinstance(classes, str) else classes
+    return prepare(lambda: folder_job(images, masks, names, **options), out, workers=workers, address=address,
+                   overwrite=overwrite, work_dir=work_dir)
 
 
 def train(config: str | Path | Config | None = None, *, resume: str | None = None, overrides: Sequence[str] = (),

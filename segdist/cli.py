@@ -46,13 +46,29 @@ def _ratios(text: str) -> dict[str, float]:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    if args.format == "coco":
-        from segdist.synth.coco import write_synthetic_coco as write
+    if args.like_train2017:
+        counts = _synth_like_train2017(args)
+    elif args.images is None or args.images_for or args.write_images is not None:
+        raise DataError("synth: --images is required; --images-for and --write-images go with --like-train2017")
     else:
-        from segdist.synth.cityscapes import write_synthetic_cityscapes as write
-    width, height = args.size or ((640, 480) if args.format == "coco" else (512, 256))
-    counts = write(args.out, args.images, args.val_images, seed=args.seed, width=width, height=height)
+        if args.format == "coco":
+            from segdist.synth.coco import write_synthetic_coco as write
+        else:
+            from segdist.synth.cityscapes import write_synthetic_cityscapes as write
+        width, height = args.size or ((640, 480) if args.format == "coco" else (512, 256))
+        counts = write(args.out, args.images, args.val_images, seed=args.seed, width=width, height=height)
     print(f"wrote synthetic {args.format} to {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+def _synth_like_train2017(args: argparse.Namespace) -> dict:
+    from segdist.synth.coco_large import TRAIN2017_IMAGES, write_coco_like_train2017
+
+    if args.format != "coco" or args.size or args.val_images is not None:
+        raise DataError("synth: --like-train2017 writes COCO train2017's image sizes and no val split (coco only, "
+                        "without --size and --val-images)")
+    images_for = [name.strip() for name in args.images_for.split(",")] if args.images_for else None
+    return write_coco_like_train2017(args.out, args.images or TRAIN2017_IMAGES, seed=args.seed,
+                                     images_for=images_for, write_images=args.write_images)
 
 
 # `segdist prepare SOURCE` options -> the keyword arguments of segdist.prepare.jobs.JOBS[SOURCE] and segdist.api
@@ -192,10 +208,17 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic dataset in a real format (COCO or Cityscapes)")
     p.add_argument("format", choices=["coco", "cityscapes"])
     p.add_argument("--out", required=True)
-    p.add_argument("--images", type=int, required=True, help="training images")
+    p.add_argument("--images", type=int, default=None,
+                   help="training images (required, but for --like-train2017: 118287 by default)")
     p.add_argument("--val-images", type=int, default=None, help="validation images (default images/4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=None, help="WxH (default 640x480 COCO, 512x256 Cityscapes)")
+    p.add_argument("--like-train2017", action="store_true",
+                   help="coco: an instances file the size and shape of COCO train2017 (80 classes, ~860k instances)")
+    p.add_argument("--images-for", default=None, metavar="CLASSES",
+                   help="with --like-train2017: write image files only for images holding one of these classes")
+    p.add_argument("--write-images", type=int, default=None, metavar="N",
+                   help="with --like-train2017: write image files for the first N images")
     p.set_defaults(func=cmd_synth)
 
 

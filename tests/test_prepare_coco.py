@@ -276,3 +276,27 @@ def test_ratio_splits_are_seeded_and_disjoint(tmp_path, prepare):
     for s in keys:
         assert keys[s] == [x["key"] for x in read_shards(tmp_path / "b", s)]
     assert json.loads((tmp_path / "a" / "dataset.json").read_text())["splits"].keys() == {"train", "val", "test"}
+
+
+def test_per_class_draw_decodes_only_the_images_it_keeps_and_passes_over_unusable_ones(tmp_path, monkeypatch):
+    from segdist.prepare import coco_json, coco_select
+
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 32, "height": 32} for i in range(1, 201)]
+    degenerate = [[1.0, 1.0]]  # fewer than 3 points: left out, so images 4, 8, ... hold nothing to draw
+    anns = [{"id": i, "image_id": i, "category_id": 1, "iscrowd": 0,
+             "segmentation": degenerate if i % 4 == 0 else square(2, 2, 20, 20)} for i in range(1, 201)]
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns,
+                                    "categories": [{"id": 1, "name": "person"}]}))
+    data = coco_json.load_annotations(ann_file)
+    decoded = []
+    real_decode = coco_json.CocoFile.segmentation
+    monkeypatch.setattr(coco_json.CocoFile, "segmentation",
+                        staticmethod(lambda ann: decoded.append(ann.image_id) or real_decode(ann)))
+    specs, _ = coco_select.build_specs(data, tmp_path, data["categories"], crowd="ignore", keep_empty=False,
+                                       per_class=10, seed=3)
+    assert len(specs) == 10 and all(s.image_id % 4 and s.instances for s in specs)
+    kept = {s.image_id for s in specs}
+    passed_over = set(decoded) - kept
+    assert all(i % 4 == 0 for i in passed_over)  # only unusable candidates were decoded and left
+    assert len(decoded) == len(set(decoded)) < 25  # each image decoded once, a small part of the 200

@@ -381,3 +381,41 @@ def test_cityscapes_is_deterministic(tmp_path: Path) -> None:
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a)
+
+
+def test_coco_like_train2017_is_seeded_shaped_like_coco_and_writes_only_the_images_asked_for(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    for name in ("a", "b"):
+        run_cli("synth", "coco", "--like-train2017", "--images", "600", "--images-for", "bicycle,car",
+                "--out", tmp_path / name)
+    ann_file = tmp_path / "a/annotations/instances_train.json"
+    assert ann_file.read_bytes() == (tmp_path / "b/annotations/instances_train.json").read_bytes()
+    coco = COCO(str(ann_file))
+    assert len(coco.getImgIds()) == 600 and len(coco.getCatIds()) == 80
+    assert coco.loadCats(90)[0]["name"] == "toothbrush"  # COCO's own ids, with its gaps
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert 6 < len(anns) / 600 < 9  # train2017: 7.3 instances per image
+    person_share = len(coco.getImgIds(catIds=[1])) / 600
+    assert 0.45 < person_share < 0.63  # train2017: 54%
+    vertices = [len(p) // 2 for a in anns if not a["iscrowd"] for p in a["segmentation"]]
+    assert 15 <= np.median(vertices) <= 27
+    crowd = [a for a in anns if a["iscrowd"]]
+    assert crowd and all(isinstance(a["segmentation"]["counts"], str) for a in crowd)
+    for a in crowd:
+        img = coco.loadImgs(a["image_id"])[0]
+        assert mask_utils.decode(coco.annToRLE(a)).shape == (img["height"], img["width"])
+    wanted = set(coco.getImgIds(catIds=[2])) | set(coco.getImgIds(catIds=[3]))
+    written = {int(p.stem) for p in (tmp_path / "a/train").glob("*.jpg")}
+    assert written == wanted
+    some = coco.loadImgs(min(wanted))[0]
+    assert Image.open(tmp_path / "a/train" / some["file_name"]).size == (some["width"], some["height"])
+
+
+def test_coco_like_train2017_refuses_an_unknown_class(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from helpers import run_cli
+
+    with pytest.raises(SystemExit):
+        run_cli("synth", "coco", "--like-train2017", "--images", "10", "--images-for", "persn", "--out", tmp_path)
+    assert "not COCO classes: persn" in capsys.readouterr().err
+    assert not (tmp_path / "annotations").exists()

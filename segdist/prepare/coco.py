@@ -6,17 +6,14 @@ its instances decoded with pycocotools (polygons, uncompressed and compressed RL
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX, label_dtype
-from segdist.prepare.coco_json import SEGMENTATION_PROBLEMS, clean_segmentation
-from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, Sample, SkipSample, decoder_errors, read_image, safe_key
+from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, Sample, SkipSample, decoder_errors, read_image
 
 # How pixels claimed by several instances are labelled (see render_label).
 OVERLAP_POLICIES = ("area", "order", "ignore", "ignore-between-classes")
@@ -55,73 +52,6 @@ class CocoOptions:
     crowd: str = "ignore"
     ignore_index: int = IGNORE_INDEX
     max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-@dataclass
-class Annotated:
-    """The selected classes' annotations of a file, grouped by image id, and what could not be used."""
-
-    instances: dict[int, list[Instance]] = field(default_factory=lambda: defaultdict(list))
-    dropped: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))  # degenerate polygons
-    broken: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # annotations not drawable
-    orphans: Counter = field(default_factory=Counter)  # annotations of an image the file does not list
-
-
-def build_specs(data: dict, image_dir: Path, classes: list[dict], *, crowd: str, keep_empty: bool,
-                per_class: int | None, seed: int) -> tuple[list[CocoSpec], Counter]:
-    """Select the images to convert (sorted by image id); also count annotations of unknown images."""
-    images = {img["id"]: img for img in data["images"]}
-    found = group_annotations(data["annotations"], images, {c["id"]: i + 1 for i, c in enumerate(classes)})
-    image_ids = select_images(found, images, len(classes), crowd=crowd, keep_empty=keep_empty, per_class=per_class,
-                              seed=seed)
-    specs = [CocoSpec(key=safe_key(str(Path(images[i]["file_name"]).with_suffix(""))),
-                      path=str(image_dir / images[i]["file_name"]), image_id=i, width=images[i]["width"],
-                      height=images[i]["height"],
-                      instances=sorted(found.instances.get(i, []), key=lambda inst: inst.ann_id),
-                      dropped=dict(found.dropped.get(i, {})), broken=found.broken.get(i, []))
-             for i in image_ids]
-    return specs, found.orphans
-
-
-def group_annotations(annotations: list[dict], images: dict[int, dict], label_of: dict[int, int]) -> Annotated:
-    """The annotations of the selected categories (`label_of`: category id -> label), checked, by image."""
-    found = Annotated()
-    for ann in annotations:
-        label = label_of.get(ann["category_id"])
-        if label is None:
-            continue
-        img = images.get(ann["image_id"])
-        if img is None:
-            found.orphans["annotation_without_image"] += 1
-            continue
-        seg, problem = clean_segmentation(ann["segmentation"], img["height"], img["width"])
-        if problem == "degenerate_polygon":  # no area: nothing of the image is lost
-            found.dropped[img["id"]][problem] += 1
-            continue
-        if problem:  # an object or crowd region that cannot be drawn: the image's label would be wrong
-            found.broken[img["id"]].append(f"annotation {ann.get('id', '?')}: {SEGMENTATION_PROBLEMS[problem]}")
-            continue
-        bbox = tuple(float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
-        found.instances[img["id"]].append(Instance(ann.get("id", 0), label, bool(ann.get("iscrowd", 0)), seg, bbox))
-    return found
-
-
-def select_images(found: Annotated, images: dict[int, dict], num_classes: int, *, crowd: str, keep_empty: bool,
-                  per_class: int | None, seed: int) -> list[int]:
-    """The image ids to convert, sorted: those with a labelled instance (or all with `keep_empty`), or a
-    seeded draw of at most `per_class` images per class."""
-    def labelled(image_id: int, label: int | None = None) -> bool:
-        return any((not inst.iscrowd or crowd == "label") and (label is None or inst.label == label)
-                   for inst in found.instances.get(image_id, ()))
-
-    if per_class is None:
-        return sorted(i for i in images if keep_empty or labelled(i) or i in found.broken)
-    rng = np.random.default_rng(seed)
-    chosen: set[int] = set()
-    for label in range(1, num_classes + 1):
-        candidates = sorted(i for i in found.instances if labelled(i, label))
-        chosen.update(int(i) for i in rng.permutation(candidates)[:per_class])
-    return sorted(chosen)
 
 
 def _rle(segmentation: list | dict, height: int, width: int) -> dict:

@@ -16,11 +16,10 @@ writes dataset.json.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,29 +28,10 @@ from segdist.errors import DataError
 from segdist.format.manifest import MANIFEST, read_manifest
 from segdist.prepare.fingerprint import fingerprint, shard_order
 from segdist.prepare.jobs import PrepareJob
+from segdist.prepare.ray_cluster import ray_session
 from segdist.prepare.splits import check_converted, publish, split_record
 from segdist.prepare.staging import Staging
 from segdist.prepare.task import ShardTask
-
-
-@contextmanager
-def ray_session(workers: int | None, address: str | None) -> Iterator[int]:
-    """Start a minimal local Ray (or join the cluster at `address`); yield how many tasks to run at once."""
-    import ray
-
-    if ray.is_initialized():  # a caller (a test session, a notebook) already holds a Ray cluster
-        yield workers or int(ray.cluster_resources().get("CPU", 1))
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats reporting thread
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local-only cluster
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
-        yield workers or int(ray.cluster_resources().get("CPU", 1))
-    finally:
-        ray.shutdown()
 
 
 def run_tasks(tasks: Iterator[ShardTask], convert: Callable, workers: int) -> Iterator[tuple[ShardTask, dict]]:

@@ -48,12 +48,12 @@ def coco_job(images: str | Path, annotations: str | Path, classes: str | list[st
              overlap: str = "area", crowd: str = "ignore", keep_empty: bool = False, ignore_index: int | None = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, shard_size: int = 256, shard_bytes: int | None = None) -> PrepareJob:
     """What `segdist prepare coco` will write: the selected images, their splits and options (nothing written yet)."""
-    from segdist.prepare import coco, coco_json
+    from segdist.prepare import coco, coco_json, coco_select
 
     given, annotations = str(annotations), Path(annotations)
     data = coco_json.load_annotations(annotations)
     cats = coco_json.resolve_classes(parse_classes(classes), data["categories"], annotations)
-    specs, orphans = coco.build_specs(data, Path(images).resolve(), cats, crowd=crowd, keep_empty=keep_empty,
+    specs, orphans = coco_select.build_specs(data, Path(images).resolve(), cats, crowd=crowd, keep_empty=keep_empty,
                                       per_class=per_class, seed=seed)
     if not specs:
         raise DataError(f"{annotations}: nothing selected: no image holds an instance of {classes} (crowd regions "

@@ -1,13 +1,46 @@
-"""Run a prepare job into a local dataset directory or an object-store prefix, and report its splits."""
+"""Run a prepare job into a local dataset directory or an object-store prefix, and report its splits.
+
+`prepare(build, out, ...)` reads the inputs (`build()`: a source's job) while a local Ray cluster
+starts in the background (ray_cluster.ray_started_early), unless the output shows that nothing is
+left to convert.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from segdist import storage
 from segdist.prepare.driver import write_dataset
 from segdist.prepare.jobs import PrepareJob
-from segdist.prepare.upload import prepare_to_store
+from segdist.prepare.ray_cluster import ray_started_early
+from segdist.prepare.upload import UPLOADED, default_work_dir, prepare_to_store
+
+
+def prepare(build: Callable[[], PrepareJob], out: str | Path, *, workers: int | None = None,
+            address: str | None = None, overwrite: bool = False, work_dir: str | Path | None = None) -> dict:
+    """`build()` the job (reading the inputs) while Ray starts, then `write` it; returns dataset.json."""
+    with ray_started_early(workers, address, wanted=may_convert(out, work_dir)):
+        job = build()
+        return write(job, out, workers=workers, address=address, overwrite=overwrite, work_dir=work_dir)
+
+
+def may_convert(out: str | Path, work_dir: str | Path | None = None) -> bool:
+    """False where the output shows every shard converted already (then no Ray is started early)."""
+    if not storage.is_local(out):
+        return not (Path(work_dir or default_work_dir(str(out))) / UPLOADED).is_file()
+    stagings = list(Path(out).glob(".*.partial")) if Path(out).is_dir() else []
+    return not stagings or not all(_complete(staging) for staging in stagings)
+
+
+def _complete(staging: Path) -> bool:
+    """Whether a staging directory holds a record for every one of its shards."""
+    try:
+        tasks = json.loads((staging / "state.json").read_text())["tasks"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return len([p for p in staging.glob("*.json") if p.name != "state.json"]) >= tasks
 
 
 def write(job: PrepareJob, out: str | Path, *, workers: int | None = None, address: str | None = None,
