@@ -205,7 +205,7 @@ def test_an_annotation_that_cannot_be_drawn_skips_its_image_by_name(tmp_path, pr
 def test_compressed_rle_runs_decode_as_pycocotools_encodes_them():
     from pycocotools import mask as mask_utils
 
-    from segdist.prepare.coco_json import rle_runs
+    from segdist.prepare.coco_segmentation import rle_runs
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -1,7 +1,8 @@
 """`segdist prepare`: COCO, Cityscapes and image/mask folders -> WebDataset shards + dataset.json, on Ray.
 
     coco.py cityscapes.py folder.py   the sources: select inputs (specs), convert one (read, check, label)
-    coco_json.py     a COCO instances file read (msgspec, in C) and checked; coco_select.py the images drawn
+    coco_json.py     a COCO instances file read (msgspec, in C) and checked; coco_segmentation.py one
+                     segmentation checked; coco_select.py the images drawn and their annotations
     inputs.py        reading and checking image and mask files, the Sample every source returns
     jobs.py          PrepareJob, and the job each source's options build (coco_job, ...)
     fingerprint.py   the resume fingerprint of a split; the order its shards hold the inputs

@@ -17,7 +17,8 @@ import numpy as np
 from msgspec import UNSET
 
 from segdist.prepare.coco import CocoSpec, Instance
-from segdist.prepare.coco_json import SEGMENTATION_PROBLEMS, Annotation, CocoFile, clean_segmentation
+from segdist.prepare.coco_json import Annotation, CocoFile
+from segdist.prepare.coco_segmentation import SEGMENTATION_PROBLEMS, clean_segmentation
 from segdist.prepare.inputs import safe_key
 
 
