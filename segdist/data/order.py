@@ -7,9 +7,11 @@ job on another machine continues the same order; `ALGORITHM` names it in the run
 
     parts     the shard parts of the split(s), permuted per epoch (seeded by (seed, epoch))
     lanes     the permuted parts dealt round-robin into `lanes` lanes (fixed at the run's start)
-    window    inside a lane, each sample moves at most `window` places from its part's order
-              (py1e-style: position + window x a uniform draw, then sorted)
-    order     the lanes interleaved sample by sample: lane 0, lane 1, ..., lane 0, ...
+    chunks    each part cut into runs of `chunk` consecutive samples (one ranged read), the
+              borders shifted by a seeded offset per epoch
+    window    inside a lane, each chunk moves at most `window` samples' worth of places from its
+              part's order (py1e-style: position + window x a uniform draw, then sorted)
+    order     the lanes interleaved chunk by chunk: lane 0, lane 1, ..., lane 0, ...
 
 so a stretch of the order mixes `lanes` shards while each lane reads from one or two shards at a
 time. Positions, not streams, are the unit: global batch k of an epoch is positions
