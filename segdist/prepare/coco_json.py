@@ -101,7 +101,7 @@ def load_annotations(path: Path) -> CocoFile:
     try:
         return _load_fast(Path(path))
     except _NotFast:
-        return _from_dicts(_load_slow(Path(path)))
+        return _from_dicts(read_json_checked(Path(path)))
 
 
 def _load_fast(path: Path) -> CocoFile:
@@ -133,7 +133,8 @@ def _finite_boxes(annotations: list[Annotation]) -> bool:
     return not boxes or bool(np.isfinite(np.asarray(boxes, np.float64)).all())
 
 
-def _load_slow(path: Path) -> dict:
+def read_json_checked(path: Path) -> dict:
+    """The slow path: json.load, then check_structure's pass over every entry (its errors name entry and key)."""
     try:
         with open(path, "rb") as f:
             data = json.load(f)
