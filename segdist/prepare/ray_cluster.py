@@ -10,6 +10,7 @@ after the start-up: the cluster is shut down when it is up, by the thread itself
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,11 @@ def init_ray(workers: int | None, address: str | None) -> None:
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
 class EarlyRay:
     """`init_ray` in a background thread that stays alive until `release()`."""
 
@@ -39,6 +45,9 @@ class EarlyRay:
         self._thread.start()
 
     def _run(self, workers: int | None, address: str | None) -> None:
+        # ray.init off the main thread warns that it cannot set its SIGTERM handler; the node processes
+        # die with this thread anyway (see above), so the warning would only alarm
+        logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
         try:
             init_ray(workers, address)
         except BaseException as exc:  # noqa: BLE001 - raised in the driver's thread by wait()
