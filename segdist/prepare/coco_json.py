@@ -7,7 +7,7 @@ The file is decoded by msgspec against the schema below, in C, from a memory map
 annotation's segmentation kept as raw JSON bytes until its class is selected: the checks cost no
 Python pass over the entries, and the polygons of the classes not asked for (most of a COCO file)
 never become Python objects. Measured on a COCO-train2017-sized file (450 MB, docs/benchmarks.md):
-json.load plus a Python check of every entry took 23 s and 3.9 GB; this path 2.1 s and 0.7 GB. A
+json.load plus a Python check of every entry took 24.9 s and 3.5 GB; this path 1.4 s and 0.9 GB. A
 file msgspec refuses is read again the slow way (json + check_structure), which names the entry and
 key exactly as before, or accepts what Python's json accepts and msgspec does not (NaN).
 """
