@@ -272,7 +272,7 @@ def conversion_profile(root: Path, work: Path, limit: int = 200) -> dict[str, fl
 
     cv2.setNumThreads(1)  # as in a Ray worker with num_cpus=1
     data = coco_json.load_annotations(root / "annotations/instances_train.json")
-    cats = coco_json.resolve_classes(CLASSES, data["categories"])
+    cats = coco_json.resolve_classes(CLASSES, data.categories)
     specs = coco_select.build_specs(data, root / "train", cats, crowd="ignore", keep_empty=False, per_class=None,
                                     seed=0)[0][:limit]
     opts = coco.CocoOptions(num_classes=len(CLASSES) + 1)
@@ -352,7 +352,7 @@ def _parse_one(how: str, ann_file: Path, conn) -> None:  # noqa: ANN001 - a Pipe
     else:
         data = coco_json.load_annotations(ann_file)
         if how != "msgspec (segdist)":
-            cats = coco_json.resolve_classes(CLASSES, data["categories"])
+            cats = coco_json.resolve_classes(CLASSES, data.categories)
             coco_select.build_specs(data, ann_file.parent, cats, crowd="ignore", keep_empty=False, per_class=2000,
                                     seed=0)
     conn.send((time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))

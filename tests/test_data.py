@@ -294,3 +294,27 @@ def test_repeated_copies_of_a_sample_land_in_different_chunks():
         first.setdefault(sample, position)
         last[sample] = position
     assert min(last[s] - first[s] for s in first if last[s] != first[s]) >= 8
+
+
+def test_the_in_memory_tar_parser_reads_what_webdataset_reads(tmp_path):
+    """Keys with folders, long (pax) names and odd sizes: the same samples as webdataset's own reader."""
+    import io
+    import tarfile
+
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    from segdist.format.tar_members import samples
+
+    names = ["a.jpg", "a.png", "dir/b.jpg", "dir/b.seg.png", "x" * 150 + ".jpg", "c.json"]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, name in enumerate(names):
+            body = bytes([i]) * (37 * i + 1)
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    data = buffer.getvalue()
+    expected = [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+                for s in group_by_keys({**f, "__url__": "mem"} for f in tar_file_iterator(io.BytesIO(data)))]
+    assert list(samples(data)) == expected
+    assert [s["__key__"] for s in expected] == ["a", "dir/b", "x" * 150, "c"]

@@ -293,7 +293,7 @@ def test_per_class_draw_decodes_only_the_images_it_keeps_and_passes_over_unusabl
     real_decode = coco_json.CocoFile.segmentation
     monkeypatch.setattr(coco_json.CocoFile, "segmentation",
                         staticmethod(lambda ann: decoded.append(ann.image_id) or real_decode(ann)))
-    specs, _ = coco_select.build_specs(data, tmp_path, data["categories"], crowd="ignore", keep_empty=False,
+    specs, _ = coco_select.build_specs(data, tmp_path, data.categories, crowd="ignore", keep_empty=False,
                                        per_class=10, seed=3)
     assert len(specs) == 10 and all(s.image_id % 4 and s.instances for s in specs)
     kept = {s.image_id for s in specs}

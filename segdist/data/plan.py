@@ -162,7 +162,7 @@ def plan_for(cfg: DataConfig, info: DatasetInfo, seed: int, shape: Shape, saved:
                         "for whole passes")
     if plan.updates_per_epoch < 1:
         raise DataError(f"the global batch ({shape.global_batch} samples) is larger than an epoch "
-                        f"({epoch_length(index, factors)} samples of {cfg.train_split}): lower data.batch_size, "
+                        f"({plan.epoch_length} samples of {cfg.train_split}): lower data.batch_size, "
                         "optim.accumulate or the process count")
     return plan
 

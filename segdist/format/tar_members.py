@@ -76,7 +76,9 @@ def samples(data: bytes | memoryview) -> Iterator[dict]:
     """WebDataset samples of `data`: members grouped by key (`<key>.<ext>` -> {"__key__": key, ext: bytes})."""
     current: dict | None = None
     for name, body in members(data):
-        key, _, ext = name.rpartition("/")[2].partition(".")
+        folder, slash, base = name.rpartition("/")
+        stem, _, ext = base.partition(".")
+        key = folder + slash + stem  # as webdataset's group_by_keys: the path up to the name's first dot
         if current is not None and current["__key__"] != key:
             yield current
             current = None

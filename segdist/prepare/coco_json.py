@@ -68,9 +68,6 @@ class CocoFile:
     annotations: list[Annotation]
     buffer: Any = field(default=None, repr=False)  # the memory map the raw segmentations point into
 
-    def __getitem__(self, section: str) -> list:
-        return getattr(self, section)
-
     @staticmethod
     def segmentation(annotation: Annotation) -> Any:
         """The annotation's segmentation as Python lists / dicts (`CheckedPolygons` where every

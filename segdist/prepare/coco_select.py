@@ -71,7 +71,7 @@ def build_specs(data: CocoFile, image_dir: Path, classes: list[dict], *, crowd: 
 
 def index_annotations(data: CocoFile, label_of: dict[int, int]) -> Annotated:
     """The annotations of the selected categories (`label_of`: category id -> label) by image, undecoded."""
-    found = Annotated({img["id"]: img for img in data["images"]}, defaultdict(list))
+    found = Annotated({img["id"]: img for img in data.images}, defaultdict(list))
     annotations = data.annotations
     category = np.fromiter((a.category_id for a in annotations), np.int64, len(annotations))
     for index in np.flatnonzero(np.isin(category, list(label_of))).tolist():  # the others are never looked at

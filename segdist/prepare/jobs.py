@@ -52,7 +52,7 @@ def coco_job(images: str | Path, annotations: str | Path, classes: str | list[st
 
     given, annotations = str(annotations), Path(annotations)
     data = coco_json.load_annotations(annotations)
-    cats = coco_json.resolve_classes(parse_classes(classes), data["categories"], annotations)
+    cats = coco_json.resolve_classes(parse_classes(classes), data.categories, annotations)
     specs, orphans = coco_select.build_specs(data, Path(images).resolve(), cats, crowd=crowd, keep_empty=keep_empty,
                                       per_class=per_class, seed=seed)
     if not specs:

@@ -34,6 +34,9 @@ class _NoSigtermWarning(logging.Filter):
         return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
+_NO_SIGTERM_WARNING = _NoSigtermWarning()
+
+
 class EarlyRay:
     """`init_ray` in a background thread that stays alive until `release()`."""
 
@@ -47,7 +50,7 @@ class EarlyRay:
     def _run(self, workers: int | None, address: str | None) -> None:
         # ray.init off the main thread warns that it cannot set its SIGTERM handler; the node processes
         # die with this thread anyway (see above), so the warning would only alarm
-        logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
+        logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_WARNING)  # once: the same filter object
         try:
             init_ray(workers, address)
         except BaseException as exc:  # noqa: BLE001 - raised in the driver's thread by wait()
