@@ -56,7 +56,7 @@ def train_transform(cfg: DataConfig, ignore_index: int) -> A.Compose:
     """
     h, w = cfg.crop_size
     lo, hi = cfg.scale_range
-    steps: list = [A.LongestMaxSize(max_size=cfg.base_size)] if cfg.base_size else []
+    steps: list = [resize(cfg.base_size, cfg.resize_side)] if cfg.base_size else []
     steps += [
         A.RandomScale(scale_limit=(lo - 1, hi - 1), p=1.0),
         A.PadIfNeeded(h, w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
@@ -76,14 +76,19 @@ def train_transform(cfg: DataConfig, ignore_index: int) -> A.Compose:
     return A.Compose(steps)
 
 
-def eval_transform(size: int | None) -> A.Compose:
-    """Optional long-side resize of the image; the label is not touched."""
-    return A.Compose([A.LongestMaxSize(max_size=size)] if size else [])
+def resize(size: int, side: str = "long") -> A.BasicTransform:
+    """Resize (aspect kept) so that the image's `side` ("long", or "short" as torchvision's references do) is `size`."""
+    return A.SmallestMaxSize(max_size=size) if side == "short" else A.LongestMaxSize(max_size=size)
 
 
-def eval_input(rgb: np.ndarray, size: int | None) -> torch.Tensor:
-    """An RGB uint8 HxWx3 image as evaluation and prediction feed it: long side resized to `size`, uint8 CHW."""
-    resized = eval_transform(size)(image=rgb)["image"]
+def eval_transform(size: int | None, side: str = "long") -> A.Compose:
+    """Optional resize of the image's long or short `side` to `size` (`data.resize_side`); the label is not touched."""
+    return A.Compose([resize(size, side)] if size else [])
+
+
+def eval_input(rgb: np.ndarray, size: int | None, side: str = "long") -> torch.Tensor:
+    """An RGB uint8 HxWx3 image as evaluation and prediction feed it: its `side` resized to `size`, uint8 CHW."""
+    resized = eval_transform(size, side)(image=rgb)["image"]
     return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 

@@ -26,14 +26,14 @@ class EvalStream(IterableDataset):
     """
 
     def __init__(self, info: DatasetInfo, split: str, size: int | None, rank: int, world_size: int,
-                 reader: Reader):
+                 reader: Reader, side: str = "long"):
         self.urls, self.records = info.shards(split)
-        self.size, self.rank, self.world_size, self.reader = size, rank, world_size, reader
+        self.size, self.rank, self.world_size, self.reader, self.side = size, rank, world_size, reader, side
 
     def __iter__(self) -> Iterator[tuple]:
         worker, workers = worker_slot()
         ranges = slot_ranges(self.urls, self.records, self.rank * workers + worker, self.world_size * workers)
-        transform, skips = eval_transform(self.size), Skips()
+        transform, skips = eval_transform(self.size, self.side), Skips()
         for item in range_samples(ranges, skips, self.reader):
             if isinstance(item, int):  # a shard range broke off: that many samples were not read
                 taken = skips.take()
@@ -74,7 +74,7 @@ def pad_collate(batch: list, multiple: int = 32) -> dict:
 def eval_loader(cfg: DataConfig, info: DatasetInfo, split: str, *, rank: int, world_size: int,
                 size: int | None = None, batch_size: int | None = None, workers: int | None = None) -> Loader:
     """Validation/evaluation batches: padded images, labels at their original resolution."""
-    stream = EvalStream(info, split, size, rank, world_size, Reader.from_config(cfg))
+    stream = EvalStream(info, split, size, rank, world_size, Reader.from_config(cfg), cfg.resize_side)
     return Loader(stream, batch_size=batch_size or cfg.val_batch_size,
                   num_workers=cfg.workers if workers is None else workers, collate_fn=pad_collate,
                   generator=torch.Generator())

@@ -47,8 +47,8 @@ class Loaded:
 class ImageFiles(Dataset):
     """Decodes image files (any failure becomes `Loaded.error`) and resizes them as validation does."""
 
-    def __init__(self, paths: Sequence[Path], eval_size: int | None):
-        self.paths, self.eval_size = list(paths), eval_size
+    def __init__(self, paths: Sequence[Path], eval_size: int | None, side: str = "long"):
+        self.paths, self.eval_size, self.side = list(paths), eval_size, side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -67,7 +67,7 @@ class ImageFiles(Dataset):
             return Loaded(path, error=f"OpenCV refuses it ({str(exc).strip().splitlines()[-1]})")
         if rgb is None:
             return Loaded(path, error="not a decodable image")
-        return Loaded(path, rgb, eval_input(rgb, self.eval_size))
+        return Loaded(path, rgb, eval_input(rgb, self.eval_size, self.side))
 
 
 def find_images(spec: str) -> list[Path]:
@@ -110,8 +110,8 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
     precision = run.config.train.mixed_precision
     print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}, "
           f"precision {precision}")
-    with Loader(ImageFiles(files, run.eval_size), batch_size=batch_size, num_workers=min(workers, len(files)),
-                collate_fn=list) as loader, \
+    with Loader(ImageFiles(files, run.eval_size, run.resize_side), batch_size=batch_size,
+                num_workers=min(workers, len(files)), collate_fn=list) as loader, \
             tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             readable = [item for item in batch if item.error is None]

@@ -6,6 +6,7 @@
     encoders.py    timm / MiT encoder names, feature strides, local pretrained checkpoints
     resunet.py     segdist's residual attention U-Net
     pooling.py     exact, exportable pyramid pooling for PSPNet and UPerNet
+    aux_head.py    the auxiliary FCN head of training (model.aux_head), and its removal for inference
     losses.py      CE, weighted CE, focal, Dice, Dice+CE, Lovasz with one ignore index
     inference.py   whole-image and sliding-window inference, TTA, autocast
     preflight.py   the config checks that need the model stack (train, bench-data)

@@ -18,6 +18,8 @@ pan, upernet, segformer, dpt), plus ``resunet_attention`` (``segdist.resunet``).
   (ASPP 0.5, FPN 0.2, PSP 0.2, DPT head 0.1) are set to 0. The module is there at p=0 too, so
   state-dict keys do not depend on the rate.
 * Pyramid pooling (PSPNet, UPerNet) is swapped for ``segdist.pooling``'s exact, exportable version.
+* ``aux_head``: an auxiliary FCN head on the encoder's second-deepest features (``aux_head.py``),
+  smp architectures only; in training mode the model then returns ``(logits, aux_logits)``.
 
 Every model maps ``[N, in_channels, H, W]`` to logits ``[N, num_classes, H, W]`` for H and W
 divisible by 32 (PAN needs at least 8 x output_stride).
@@ -32,6 +34,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from segdist.models.aux_head import add_aux_head
 from segdist.models.encoders import (
     MIT_ENCODERS,
     checkpoint_path,
@@ -71,6 +74,7 @@ def build_model(
     in_channels: int = 3,
     encoder_kwargs: dict[str, Any] | None = None,
     arch_kwargs: dict[str, Any] | None = None,
+    aux_head: bool = False,
 ) -> nn.Module:
     """Build a segmentation model returning logits of shape ``[N, num_classes, H, W]``.
 
@@ -87,10 +91,13 @@ def build_model(
         in_channels: number of input channels.
         encoder_kwargs: options for ``timm.create_model`` (timm encoders only).
         arch_kwargs: options for the smp architecture class (not those segdist sets itself).
+        aux_head: add an auxiliary FCN head (``segdist.models.aux_head``): in training mode the model
+            then returns ``(logits, aux_logits)``.
     """
     encoder_kwargs = {} if encoder_kwargs is None else encoder_kwargs
     arch_kwargs = {} if arch_kwargs is None else arch_kwargs
     check_options(arch, encoder, output_stride, encoder_kwargs, arch_kwargs)
+    _check_aux_head(arch, aux_head)
     if not 0.0 <= decoder_dropout < 1.0:
         raise ModelOptionError("decoder_dropout", f"must be in [0, 1), got {decoder_dropout}.")
     if arch == RESUNET:
@@ -110,6 +117,8 @@ def build_model(
         _drop_vit_classifier(model)
     if checkpoint is not None:
         load_encoder_checkpoint(encoder_module(model), checkpoint)
+    if aux_head:
+        add_aux_head(model, num_classes)
     return model
 
 
@@ -117,10 +126,10 @@ def build_from_config(cfg: ModelConfig, num_classes: int, pretrained: bool = Tru
     """The model of a config's ``model`` section; pretrained=False skips the encoder weights (a checkpoint follows)."""
     return build_model(cfg.arch, cfg.encoder, num_classes, encoder_weights=cfg.encoder_weights if pretrained else None,
                        output_stride=cfg.output_stride, decoder_dropout=cfg.decoder_dropout,
-                       encoder_kwargs=cfg.encoder_kwargs, arch_kwargs=cfg.arch_kwargs)
+                       encoder_kwargs=cfg.encoder_kwargs, arch_kwargs=cfg.arch_kwargs, aux_head=cfg.aux_head > 0)
 
 
-def use_channels_last(setting: bool | None, device: torch.device | str, mixed_precision: str = "no") -> bool:
+def use_channels_last(setting: bool | None, device: torch.device | str, mixed_precision: str | None = "no") -> bool:
     """Whether convolutions run channels-last: `model.channels_last`, or where it is null, where that is faster.
 
     On CPU oneDNN's convolutions are faster channels-last (benchmarks/channels_last.py); on CUDA the
@@ -129,11 +138,12 @@ def use_channels_last(setting: bool | None, device: torch.device | str, mixed_pr
     if setting is not None:
         return setting
     kind = torch.device(device).type
-    return kind == "cpu" or (kind == "cuda" and mixed_precision != "no")
+    return kind == "cpu" or (kind == "cuda" and mixed_precision not in (None, "no"))
 
 
 def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwargs: dict[str, Any] | None = None,
-                arch_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None) -> None:
+                arch_kwargs: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+                aux_head: bool = False) -> None:
     """Raise ``ModelOptionError`` where ``build_model`` would fail or the model could not train on
     ``input_shape`` ``(N, C, H, W)``; quick, and nothing is allocated.
 
@@ -146,6 +156,7 @@ def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwa
     encoder_kwargs = {} if encoder_kwargs is None else encoder_kwargs
     arch_kwargs = {} if arch_kwargs is None else arch_kwargs
     check_options(arch, encoder, output_stride, encoder_kwargs, arch_kwargs)
+    _check_aux_head(arch, aux_head)
     if arch == RESUNET or is_mit(encoder):
         return
     with torch.device("meta"), warnings.catch_warnings():
@@ -157,6 +168,8 @@ def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwa
             if _meta_limitation(exc):
                 return
             raise
+        if aux_head:
+            add_aux_head(model, 2)
         if input_shape is None:
             return
         try:
@@ -167,6 +180,12 @@ def check_model(arch: str, encoder: str, *, output_stride: int = 16, encoder_kwa
             shape = "x".join(map(str, input_shape))
             message = f"{arch} over encoder {encoder} cannot run on a {shape} input: {exc}"
             raise ModelOptionError("arch", message) from None
+
+
+def _check_aux_head(arch: str, aux_head: bool) -> None:
+    if aux_head and arch == RESUNET:
+        raise ModelOptionError("aux_head", f"{RESUNET} has no smp encoder to put an auxiliary head on; set "
+                                           "aux_head to 0 or choose an smp architecture.")
 
 
 def _meta_limitation(exc: Exception) -> bool:

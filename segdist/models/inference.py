@@ -177,8 +177,8 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def autocast(device: torch.device, precision: str):  # noqa: ANN201
-    """The autocast context for `precision` ('no', 'bf16', 'fp16') on `device`."""
-    if precision == "no":
+def autocast(device: torch.device, precision: str | None):  # noqa: ANN201
+    """The autocast context for `precision` ('no', 'bf16', 'fp16'; None: not set, so fp32) on `device`."""
+    if precision in (None, "no"):
         return nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

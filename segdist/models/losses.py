@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 from torch import nn
 
-__all__ = ["LOSSES", "build_loss", "FocalLoss", "WeightedSum", "ZeroIfAllIgnored"]
+__all__ = ["LOSSES", "build_loss", "AuxLoss", "FocalLoss", "WeightedSum", "ZeroIfAllIgnored"]
 
 LOSSES = ("ce", "weighted_ce", "focal", "dice", "dice_ce", "lovasz")
 
@@ -150,3 +150,19 @@ class ZeroIfAllIgnored(nn.Module):
             # Keeps the graph connected to the logits (and so to every parameter), as DDP expects.
             return logits.sum() * 0.0
         return self.loss(logits, target)
+
+
+class AuxLoss(nn.Module):
+    """``loss(main) + aux_weight * loss(aux)`` for a model with an auxiliary head, which returns
+    ``(main, aux)`` in training mode (``segdist.models.aux_head``); ``loss(logits)`` for plain logits."""
+
+    def __init__(self, loss: nn.Module, aux_weight: float) -> None:
+        super().__init__()
+        self.loss = loss
+        self.aux_weight = aux_weight
+
+    def forward(self, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(output, tuple):
+            main, aux = output
+            return self.loss(main, target) + self.aux_weight * self.loss(aux, target)
+        return self.loss(output, target)

@@ -21,7 +21,8 @@ def check_config(cfg: Config) -> Config:
     m = cfg.model
     try:  # a dry run at the training batch shape, on PyTorch's meta device (no memory, no weights)
         check_model(m.arch, m.encoder, output_stride=m.output_stride, encoder_kwargs=m.encoder_kwargs,
-                    arch_kwargs=m.arch_kwargs, input_shape=(int(cfg.data.batch_size), 3, *map(int, cfg.data.crop_size)))
+                    arch_kwargs=m.arch_kwargs, input_shape=(int(cfg.data.batch_size), 3, *map(int, cfg.data.crop_size)),
+                    aux_head=m.aux_head > 0)
     except ModelOptionError as exc:
         raise ConfigError(f"model.{exc.option}: {exc}") from None
     return cfg
