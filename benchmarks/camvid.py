@@ -35,14 +35,17 @@ def prepare(out: Path) -> None:
                         "--split", split, "--out", str(out)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
-def run_segdist(recipe: Path, shards: Path, runs: Path, minutes: float, tta: str) -> dict:
+def run_segdist(recipe: Path, shards: Path, runs: Path, minutes: float, tta: str, name: str = "recipe",
+                overrides: tuple[str, ...] = ()) -> dict:
+    """Train `recipe` for `minutes` on 2 CPU processes (a new run: an earlier one of `name` is replaced), score it."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml")]
     subprocess.run([*launch, "-m", "segdist", "train", "--config", str(recipe), f"data.shards={shards}",
-                    f"train.runs_dir={runs}", "train.name=recipe", f"train.budget={minutes}m"], check=True, cwd=REPO)
-    summary = json.loads((runs / "recipe/summary.json").read_text())
-    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(runs / "recipe"), "--checkpoint",
+                    f"train.runs_dir={runs}", f"train.name={name}", f"train.budget={minutes}m", *overrides,
+                    "--overwrite"], check=True, cwd=REPO)
+    summary = json.loads((runs / name / "summary.json").read_text())
+    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(runs / name), "--checkpoint",
                     "last", *(["--tta", tta] if tta != "none" else [])], check=True, cwd=REPO)
-    metrics = json.loads((runs / "recipe/eval/val/metrics.json").read_text())
+    metrics = json.loads((runs / name / "eval/val/metrics.json").read_text())
     return {"miou": metrics["miou"], "per_class_iou": [metrics["per_class"][c]["iou"] for c in CLASSES],
             "steps": summary["steps"], "minutes": summary["elapsed_s"] / 60,
             "best_val_miou_during_training": summary["best_miou"]}

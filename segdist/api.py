@@ -115,13 +115,15 @@ def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequenc
                    overwrite=overwrite, work_dir=work_dir)
 
 
-def train(config: str | Path | Config | None = None, *, resume: str | None = None, overrides: Sequence[str] = (),
-          **sections: dict) -> dict:
+def train(config: str | Path | Config | None = None, *, resume: str | Path | bool | None = None,
+          overwrite: bool = False, overrides: Sequence[str] = (), **sections: dict) -> dict:
     """Train a model as `segdist train` does, in this process (or under `accelerate launch`).
 
     Args:
         config: a YAML recipe (configs/*.yaml), a `segdist.config.Config`, or None for the defaults.
-        resume: "latest" (the run's newest complete checkpoint) or a checkpoint directory.
+        resume: "latest" or True (the run's newest complete checkpoint) or a checkpoint directory.
+        overwrite: delete an earlier run of the same train.name first; without it (or `resume`) a
+            run directory that holds checkpoints is refused (DataError).
         overrides: dotted overrides as on the command line, e.g. ["optim.lr=0.01"].
         **sections: overrides by section, e.g. train={"epochs": 2}, data={"shards": "shards/demo"}.
 
@@ -135,7 +137,8 @@ def train(config: str | Path | Config | None = None, *, resume: str | None = Non
     from segdist.models.preflight import check_config
     from segdist.training.loop import main
 
-    return main(check_config(resolved_config(config, overrides, sections)), resume=resume)
+    resume = "latest" if resume is True else (None if resume is False or resume is None else str(resume))
+    return main(check_config(resolved_config(config, overrides, sections)), resume=resume, overwrite=overwrite)
 
 
 def resolved_config(config: str | Path | Config | None, overrides: Sequence[str] = (),

@@ -118,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     overrides = [*args.overrides, *([f"train.budget={args.budget}"] if args.budget else [])]
     with errors_reported_once():
-        api.train(args.config, resume=args.resume, overrides=overrides)
+        api.train(args.config, resume=args.resume_from or ("latest" if args.resume else None),
+                  overwrite=args.overwrite, overrides=overrides)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> None:
@@ -308,8 +309,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (single process, or under `accelerate launch`)")
     p.add_argument("--config", default=None, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=0.01")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest complete checkpoint of the run (or from PATH)")
+    run_dir = p.add_mutually_exclusive_group()
+    run_dir.add_argument("--resume", action="store_true",
+                         help="continue the run (train.name) from its latest complete checkpoint")
+    run_dir.add_argument("--resume-from", metavar="PATH", default=None,
+                         help="continue the run from this checkpoint directory (runs/NAME/checkpoints/step_N)")
+    run_dir.add_argument("--overwrite", action="store_true",
+                         help="delete an earlier run of the same train.name and start over (without this, "
+                              "--resume or --resume-from, a run directory with checkpoints is refused)")
     p.add_argument("--budget", default=None,
                    help="wall-clock budget (50m, 1h30m, 01:30:00): train.max_steps is set to fit it (train.budget)")
     p.set_defaults(func=cmd_train)
@@ -393,7 +400,13 @@ def _add_env(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+            "=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # overrides on both sides of a flag: `a=1 --resume b=2`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (DataError, ConfigError) as exc:

@@ -28,7 +28,8 @@ def demo(workdir: str | Path = "shards/demo", images: int = 160, epochs: int = 8
     print("\n[3/3] accelerate launch: 2 CPU processes (gloo) train configs/demo.yaml")
     run = Path("runs/demo")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/cpu-2proc.yaml",
-           "-m", "segdist", "train", "--config", "configs/demo.yaml", f"data.shards={shards}", f"train.epochs={epochs}"]
+           "-m", "segdist", "train", "--config", "configs/demo.yaml", f"data.shards={shards}", f"train.epochs={epochs}",
+           "--overwrite"]  # a second `make demo` starts runs/demo over
     print(" ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     summary = json.loads((run / "summary.json").read_text())

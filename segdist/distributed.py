@@ -24,11 +24,18 @@ from segdist.errors import ConfigError, DataError
 from segdist.utils.console import print_line
 
 
-def make_accelerator(*, mixed_precision: str = "no", accumulate: int = 1, timeout_s: float = 300,
-                     trackers: list | None = None, project_dir: Path | None = None):  # noqa: ANN201
-    """An Accelerator for one process or `accelerate launch`; without CUDA several processes form a gloo group."""
+def make_accelerator(*, mixed_precision: str | None = None, accumulate: int = 1, timeout_s: float = 300,
+                     trackers: list | None = None, project_dir: Path | None = None,
+                     unused_parameters: bool = False):  # noqa: ANN201
+    """An Accelerator for one process or `accelerate launch`; without CUDA several processes form a gloo group.
+
+    `mixed_precision` None takes the launcher's (`accelerate launch --mixed_precision`, or its config
+    file: ACCELERATE_MIXED_PRECISION), "no" for a plain process; a value given here wins, said once
+    where it overrides a different launcher value. `accelerator.mixed_precision` is the one in effect.
+    `unused_parameters`: DDP expects parameters without gradients (an encoder frozen for a while).
+    """
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     cpu = not torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -37,9 +44,26 @@ def make_accelerator(*, mixed_precision: str = "no", accumulate: int = 1, timeou
     accelerator = Accelerator(
         mixed_precision=mixed_precision, cpu=cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=accumulate, log_with=trackers, project_dir=project_dir,
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)),
+                         DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)])
     check_world_size(accelerator)
+    launcher = launcher_precision()
+    if mixed_precision is not None and launcher not in (None, mixed_precision) and accelerator.is_main_process:
+        print(f"segdist: train.mixed_precision={mixed_precision} overrides the launcher's {launcher}", flush=True)
     return accelerator
+
+
+def launcher_precision() -> str | None:
+    """The precision `accelerate launch` set (its flag or config file), None outside it."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION") or None
+
+
+def inference_precision(recorded: str | None) -> str:
+    """The autocast precision of `segdist evaluate`/`predict`: the launcher's under `accelerate launch`, else the run's.
+
+    `recorded` is the run's `train.mixed_precision` (None in a config that never ran: "no").
+    """
+    return launcher_precision() or recorded or "no"
 
 
 def compute_threads(local_processes: int) -> int:

@@ -107,23 +107,23 @@ def launcher(processes: int = 2, *extra: str) -> list[str]:
 
 
 def train_cmd(shards: Path, runs: Path, *overrides: str, launch: list[str] | None = None,
-              resume: bool = False) -> list[str]:
-    """The command line of `segdist train` on the demo recipe, SMALL, and `overrides`."""
+              resume: bool = False, overwrite: bool = False) -> list[str]:
+    """The command line of `segdist train` on the demo recipe, SMALL, and `overrides` (`--resume`, `--overwrite`)."""
     import sys
 
     prefix = launch if launch is not None else [sys.executable]
     cmd = [*prefix, "-m", "segdist", "train", "--config", str(REPO / "configs/demo.yaml"), f"data.shards={shards}",
            f"train.runs_dir={runs}", *SMALL, *overrides]
-    return cmd + (["--resume"] if resume else [])
+    return cmd + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
 
 
 def run_train(shards: Path, runs: Path, *overrides: str, launch: list[str] | None = None, resume: bool = False,
-              env: dict | None = None, expect: int = 0, timeout: float = 600) -> str:
+              overwrite: bool = False, env: dict | None = None, expect: int = 0, timeout: float = 600) -> str:
     """Run `segdist train` to its end; asserts the exit status; returns stdout + stderr."""
     import subprocess
 
-    result = subprocess.run(train_cmd(shards, runs, *overrides, launch=launch, resume=resume), capture_output=True,
-                            text=True, timeout=timeout, cwd=REPO,
+    result = subprocess.run(train_cmd(shards, runs, *overrides, launch=launch, resume=resume, overwrite=overwrite),
+                            capture_output=True, text=True, timeout=timeout, cwd=REPO,
                             env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     output = result.stdout + result.stderr
     assert (result.returncode == 0) == (expect == 0) and (expect in (0, -1) or result.returncode == expect), \

@@ -90,7 +90,8 @@ def test_every_epoch_reads_each_sample_once_on_every_rank(straight):
 
 def test_a_step_checkpoint_resumes_on_one_process_with_accumulation_two(shards, straight):
     run = copy_run(straight, "from_step_3")
-    out = run_train(shards, run.parent, *RUN, "train.name=from_step_3", f"--resume={run / 'checkpoints/step_00000003'}")
+    out = run_train(shards, run.parent, *RUN, "train.name=from_step_3",
+                    f"--resume-from={run / 'checkpoints/step_00000003'}")
     assert "resuming a global batch of 8 samples on 1 process(es): optim.accumulate 1 -> 2" in out
     assert "resumed from" in out and "at step 3" in out
     assert_continues(straight, run, exact=False, resumed_at=3)

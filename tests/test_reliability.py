@@ -209,7 +209,7 @@ def test_resume_refuses_an_incomplete_checkpoint_and_takes_the_latest_complete(s
     (checkpoints / "step_00000006/segdist_complete.json").unlink()
     with pytest.raises(SystemExit):
         run_cli("train", "--config", REPO / "configs/demo.yaml", f"data.shards={shards}",
-                f"train.runs_dir={tmp_path}", "train.name=r", "--resume", checkpoints / "step_00000006")
+                f"train.runs_dir={tmp_path}", "train.name=r", "--resume-from", checkpoints / "step_00000006")
     assert "is not a complete segdist checkpoint (missing segdist_complete.json)" in capsys.readouterr().err
 
 

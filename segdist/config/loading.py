@@ -17,6 +17,7 @@ from segdist.config.schema import (
     NORMALIZE,
     OPTIMIZERS,
     PRECISIONS,
+    RESIZE_SIDES,
     SCHEDULERS,
     TRACKERS,
     Config,
@@ -108,7 +109,10 @@ def validate(cfg: Config) -> None:
     """
     choice(cfg.optim.name, OPTIMIZERS, "optim.name")
     choice(cfg.optim.scheduler, SCHEDULERS, "optim.scheduler")
-    choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
+    if cfg.train.mixed_precision is not None:
+        choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
+    choice(cfg.data.resize_side, RESIZE_SIDES, "data.resize_side")
+    validate_fine_tuning(cfg)
     choice(cfg.data.normalize, NORMALIZE, "data.normalize")
     choice(cfg.train.nonfinite, NONFINITE, "train.nonfinite")
     for tracker in cfg.train.log_with:
@@ -136,6 +140,23 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.shuffle_buffer must be at least 0")
     if cfg.optim.accumulate < 1:
         raise ConfigError("optim.accumulate must be at least 1")
+
+
+def validate_fine_tuning(cfg: Config) -> None:
+    """The fine-tuning options: freezing, per-part learning rates, the auxiliary head, the LR floor."""
+    freeze = cfg.model.freeze_encoder
+    if not isinstance(freeze, bool) and (freeze < 0 or (isinstance(freeze, float) and freeze >= 1)):
+        raise ConfigError(f"model.freeze_encoder {freeze} must be true/false, a step count (e.g. 500) or a share "
+                          f"of the steps below 1 (e.g. 0.1)")
+    if cfg.model.aux_head < 0:
+        raise ConfigError(f"model.aux_head {cfg.model.aux_head} is a loss weight: 0 (off) or more, e.g. 0.4")
+    for key in ("encoder_lr_scale", "aux_lr_scale", "min_lr"):
+        if getattr(cfg.optim, key) < 0:
+            raise ConfigError(f"optim.{key} must be at least 0")
+    if cfg.optim.layer_decay is not None and not 0.0 < cfg.optim.layer_decay <= 1.0:
+        raise ConfigError(f"optim.layer_decay {cfg.optim.layer_decay} must be in (0, 1], e.g. 0.75")
+    if cfg.optim.min_lr >= cfg.optim.lr:
+        raise ConfigError(f"optim.min_lr {cfg.optim.min_lr} must be below optim.lr {cfg.optim.lr}")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "step", "plateau", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
+RESIZE_SIDES = ("long", "short")
 NORMALIZE = ("dataset", "imagenet")
 NONFINITE = ("stop", "skip")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive")  # accelerate's trackers
@@ -25,7 +26,8 @@ class DataConfig:
     train_split: str | list[str] = "train"  # one split, or several trained on together: [train, val]
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # H, W
-    base_size: int | None = None  # resize the long side to this before scaling (None: keep)
+    base_size: int | None = None  # resize the long (resize_side) side to this before scaling (None: keep)
+    resize_side: str = "long"  # the side base_size and val_size set: "long", or "short" (torchvision's references)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip: float = 0.5
     vflip: float = 0.0
@@ -34,7 +36,7 @@ class DataConfig:
     rgb_shift: float = 0.0  # probability
     blur: float = 0.0  # probability
     normalize: str = "dataset"  # "dataset" (dataset.json mean/std) or "imagenet"
-    val_size: int | None = None  # resize the long side for validation; scored at full label size
+    val_size: int | None = None  # resize the long (resize_side) side for validation; scored at full label size
     batch_size: int = 8  # per process
     val_batch_size: int = 4
     workers: int = 2  # DataLoader workers per process
@@ -62,6 +64,9 @@ class ModelConfig:
     channels_last: bool | None = None  # null: on for CPU and for CUDA with bf16/fp16, off for CUDA fp32
     compile: bool = False
     sync_bn: bool = False  # SyncBatchNorm across processes: CUDA only (refused for CPU processes)
+    init_from: str | None = None  # a run directory, checkpoint directory or weights file: a new run starts from it
+    freeze_encoder: bool | int | float = False  # true: the whole run; N: the first N steps; 0.1: the first 10%
+    aux_head: float = 0.0  # the weight of an auxiliary FCN head's loss (MMSeg 0.4, torchvision 0.5); 0: none
 
 
 @dataclass
@@ -88,6 +93,11 @@ class OptimConfig:
     plateau_factor: float = 0.5
     grad_clip: float | None = None
     accumulate: int = 1
+    min_lr: float = 0.0  # poly and cosine decay to this LR (MMSeg's eta_min), in every parameter group
+    encoder_lr_scale: float = 1.0  # the encoder's LR as a multiple of lr (fine-tuning: e.g. 0.1)
+    aux_lr_scale: float = 1.0  # the auxiliary head's LR as a multiple of lr (torchvision: 10)
+    decay_norm_bias: bool = False  # weight decay on norm and bias parameters too (off: timm's rule; on: torchvision's)
+    layer_decay: float | None = None  # layer-wise LR decay of the encoder (ViT/ConvNeXt fine-tuning, e.g. 0.75)
 
 
 @dataclass
@@ -96,7 +106,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # null: the launcher's (`accelerate launch --mixed_precision`), else "no"
     seed: int = 0
     val_every: int = 1  # epochs
     checkpoint_every: int = 0  # optimizer steps; 0 = at the end of each epoch only

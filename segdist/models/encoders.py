@@ -98,7 +98,7 @@ def load_encoder_checkpoint(features: nn.Module, path: str | Path) -> None:
     ``ValueError`` when no key matches or a matched tensor has the wrong shape (e.g. an RGB stem
     loaded into a model with ``in_channels != 3``).
     """
-    checkpoint = _read_state_dict(Path(path))
+    checkpoint = read_state_dict(Path(path))
     target = features.state_dict()
     matched: dict[str, torch.Tensor] = {}
     wrong_shape: list[str] = []
@@ -130,7 +130,7 @@ def load_encoder_checkpoint(features: nn.Module, path: str | Path) -> None:
     nn.Module.load_state_dict(features, matched, strict=False)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict, unwrapping ``{"state_dict": ...}``/``{"model": ...}`` and DDP prefixes."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper_key in ("state_dict", "model"):

@@ -46,6 +46,11 @@ def missing_files(path: Path) -> list[str]:
     return [name for name in json.loads(marker.read_text())["files"] if not (path / name).is_file()]
 
 
+def weights_file(checkpoint: Path, ema: bool) -> Path:
+    """The weights a checkpoint is used with: the EMA when the run kept one (`ema`) and the checkpoint has it."""
+    return checkpoint / (EMA_FILE if ema and (checkpoint / EMA_FILE).is_file() else WEIGHTS_FILE)
+
+
 def step_checkpoints(run_dir: Path) -> list[Path]:
     """Complete step checkpoints, oldest first."""
     return sorted(p for p in (run_dir / "checkpoints").glob("step_*") if not missing_files(p))

@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 from segdist.config import Config, ConfigError, load_config
 from segdist.data.augment import Normalizer, eval_input
 from segdist.data.info import DatasetInfo, normalization
+from segdist.distributed import inference_precision
 from segdist.errors import DataError
 from segdist.models import build_from_config, use_channels_last
+from segdist.models.aux_head import remove_aux_head
 from segdist.models.inference import NO_TTA, TTA, autocast, check_mode, infer_each, labels_at, parse_tta
 from segdist.runs import checkpoints
 from segdist.runs.ema import model_weights
@@ -45,8 +47,13 @@ class Run(DatasetInfo):
 
     @property
     def eval_size(self) -> int | None:
-        """Long side images are resized to before inference (`data.val_size`), as in validation."""
+        """The size images are resized to before inference (`data.val_size`), as in validation."""
         return self.config.data.val_size
+
+    @property
+    def resize_side(self) -> str:
+        """The side `eval_size` sets: "long" or "short" (`data.resize_side`)."""
+        return self.config.data.resize_side
 
     def model_on(self, device: torch.device) -> torch.nn.Module:
         """The model on `device`, channels-last where the run's `model.channels_last` says so for that device."""
@@ -96,8 +103,8 @@ class Run(DatasetInfo):
         tta = parse_tta(tta) if isinstance(tta, str) or tta is None else tta
         check_mode(mode, crop, stride)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return self.classify([eval_input(rgb, self.eval_size)], [rgb.shape[:2]], device, mode=mode, crop=crop,
-                             stride=stride, tta=tta)[0]
+        return self.classify([eval_input(rgb, self.eval_size, self.resize_side)], [rgb.shape[:2]], device, mode=mode,
+                             crop=crop, stride=stride, tta=tta)[0]
 
 
 def read_rgb(image: np.ndarray | str | Path) -> np.ndarray:
@@ -129,13 +136,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
         config = load_config(run_dir / "config.yaml")
     except ConfigError as exc:
         raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    # the precision inference runs in: `accelerate launch --mixed_precision`'s where given, else the run's
+    config.train.mixed_precision = inference_precision(config.train.mixed_precision)
     manifest = json.loads((run_dir / "dataset.json").read_text())
     path = checkpoints.resolve(run_dir, checkpoint)
-    use_ema = config.train.ema_decay is not None and (path / checkpoints.EMA_FILE).is_file()
-    weights = path / (checkpoints.EMA_FILE if use_ema else checkpoints.WEIGHTS_FILE)
+    weights = checkpoints.weights_file(path, ema=config.train.ema_decay is not None)
     # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
     model = build_from_config(config.model, len(manifest["classes"]), pretrained=False)
-    load_weights(model, weights)
+    load_weights(model, weights)  # strictly: a run trained with an auxiliary head has its keys too
+    remove_aux_head(model)  # a training aid: evaluate, predict and export see the plain model
     state = json.loads((path / checkpoints.STATE_FILE).read_text()) if (path / checkpoints.STATE_FILE).is_file() else {}
     return Run(run_dir, manifest, config, weights, state.get("update"), model.eval())
 

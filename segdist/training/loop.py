@@ -29,6 +29,7 @@ from segdist.config import Config, save_config
 from segdist.data.train_loader import train_loader
 from segdist.errors import CheckpointError
 from segdist.runs import checkpoints
+from segdist.training import freeze
 from segdist.training.budget import MAX_GROWTH, planned_steps, replan
 from segdist.training.logbook import finish, flush_log, log_interval
 from segdist.training.optim import is_plateau, refit_schedule
@@ -38,9 +39,9 @@ from segdist.training.validation import evaluate
 from segdist.utils import faults
 
 
-def main(cfg: Config, resume: str | None = None) -> dict:
+def main(cfg: Config, resume: str | None = None, overwrite: bool = False) -> dict:
     """Train as configured; returns the final summary (also written to summary.json)."""
-    s = setup(cfg, resume, started=time.time())
+    s = setup(cfg, resume, started=time.time(), overwrite=overwrite)
     start(s, planned_steps(s))
     stop = "done"
     # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
@@ -83,6 +84,7 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         waited = time.perf_counter()
         if micro == 0:
             update_began = waited
+            hold_freeze(s)
         images, labels, read = next(batches)
         s.interval.waited += time.perf_counter() - waited
         note_unread(s, read)
@@ -101,6 +103,17 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
             return outcome
         after_update(s, bar, epoch_end)
     return "done"
+
+
+def hold_freeze(s: Session) -> None:
+    """`model.freeze_encoder` at the coming step: frozen before `unfreeze_at` (BatchNorm in eval mode
+    again after every model.train()), released at it, said once."""
+    at = s.state["unfreeze_at"]
+    if at == 0:
+        return
+    freeze.set_frozen(s.accelerator.unwrap_model(s.model), freeze.is_frozen(s.state["update"], at))
+    if s.state["update"] == at:
+        s.say(f"segdist: the encoder trains from step {at} on (model.freeze_encoder)")
 
 
 def forward_backward(s: Session, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ from segdist.data.info import DatasetInfo, load_dataset_info, normalization
 from segdist.data.plan import Shape, TrainPlan, fit_shape, plan_for
 from segdist.data.train_loader import SKIP_REASONS
 from segdist.distributed import make_accelerator, sync_batchnorm
-from segdist.errors import CheckpointError, DataError
+from segdist.errors import CheckpointError, ConfigError, DataError
 from segdist.runs import checkpoints
 from segdist.runs.ema import make_ema
-from segdist.training import trackers
+from segdist.runs.init_from import init_from
+from segdist.training import freeze, trackers
 from segdist.training.budget import Check, StepClock
 from segdist.training.logbook import Interval, truncate_log
 from segdist.training.optim import build_criterion, build_optimizer, build_scheduler, refit_schedule
@@ -98,40 +100,48 @@ def new_state() -> dict:
     return {"batch": 0, "update": 0, "epoch": 0, "validated_at": 0, "best_miou": -1.0, "best_step": None,
             "stale": 0, "last_miou": None, "nonfinite_skipped": 0, "nonfinite_in_a_row": 0,
             "data_skipped": dict.fromkeys(SKIP_REASONS, 0), "storage_retries": 0,  # summed over all ranks
-            "replans": []}  # a budget's [step, new step count] pairs, which bend the LR schedule
+            "replans": [],  # a budget's [step, new step count] pairs, which bend the LR schedule
+            "unfreeze_at": 0}  # the step from which the encoder trains (training.freeze.unfreeze_step)
 
 
-def setup(cfg: Config, resume: str | None, started: float | None = None) -> Session:
-    """Process group, run directory, data, model, optimizer and the checkpoint to resume from."""
+def setup(cfg: Config, resume: str | None, started: float | None = None, overwrite: bool = False) -> Session:
+    """Process group, run directory, data, model, optimizer and the checkpoint to resume from.
+
+    `overwrite` deletes an earlier run's directory of the same name (after every check, before any write).
+    """
     from accelerate.utils import set_seed
 
-    from segdist.models import build_from_config, use_channels_last
+    from segdist.models import use_channels_last
 
     info = load_dataset_info(cfg.data.shards)
     info.shards(cfg.data.train_split), info.shards(cfg.data.val_split)  # fail now if a split is missing
     run_dir = Path(cfg.train.runs_dir) / cfg.train.name
+    check_run_dir(cfg, run_dir, resume, overwrite)  # every rank, before anything is written
     resume_from = checkpoints.find_resume(run_dir, resume)
     plan = training_plan(cfg, info, resume_from)  # before anything is written: a resume it cannot continue stops here
     accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
                                    timeout_s=cfg.train.collective_timeout,
-                                   trackers=trackers.trackers_for(cfg, run_dir), project_dir=run_dir)
+                                   trackers=trackers.trackers_for(cfg, run_dir), project_dir=run_dir,
+                                   unused_parameters=freeze.frozen_for_a_while(cfg.model.freeze_encoder))
+    cfg.train.mixed_precision = accelerator.mixed_precision  # in effect (the launcher's or the recipe's): recorded
     if accelerator.num_processes != plan.shape.processes:
         raise DataError(f"the launcher set WORLD_SIZE={plan.shape.processes} but the process group has "
                         f"{accelerator.num_processes} processes")
     if accelerator.is_main_process:
+        if overwrite and run_dir.exists():
+            print(f"segdist: --overwrite: deleting the earlier run {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         checkpoints.remove_partial(run_dir)
         write_json_atomic(run_dir / "dataset.json", info.manifest)
     accelerator.wait_for_everyone()
 
     set_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_from_config(cfg.model, info.num_classes)
-    if cfg.model.sync_bn:
-        model = sync_batchnorm(accelerator, model)
+    model = initial_model(cfg, info, accelerator, run_dir, resumed=resume_from is not None)
     channels_last = use_channels_last(cfg.model.channels_last, accelerator.device, cfg.train.mixed_precision)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizer(cfg.optim, model, cfg.model.encoder)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = make_ema(accelerator.unwrap_model(model), cfg.train.ema_decay)
     if cfg.model.compile:
@@ -139,6 +149,44 @@ def setup(cfg: Config, resume: str | None, started: float | None = None) -> Sess
     return Session(cfg, info, accelerator, run_dir, model, optimizer, build_criterion(cfg, info).to(accelerator.device),
                    Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, plan, resume_from,
                    channels_last, time.time() if started is None else started)
+
+
+def initial_model(cfg: Config, info: DatasetInfo, accelerator, run_dir: Path,  # noqa: ANN001
+                  resumed: bool) -> torch.nn.Module:
+    """The model a run starts from: built, `model.init_from`'s tensors (a new run), a whole-run freeze, SyncBN."""
+    from segdist.models import build_from_config
+
+    model = build_from_config(cfg.model, info.num_classes)
+    if cfg.model.init_from and not resumed:  # a resumed run's checkpoint replaces every tensor
+        report = init_from(model, cfg.model.init_from, cfg.model.arch, cfg.model.encoder)
+        if accelerator.is_main_process:
+            print(f"segdist: {report.line()}", flush=True)
+            write_json_atomic(run_dir / "init_from.json", report.to_dict())
+    if cfg.model.freeze_encoder is True:  # before DDP wraps the model, so DDP never expects these gradients
+        freeze.set_frozen(model, True)
+    if cfg.model.sync_bn:
+        model = sync_batchnorm(accelerator, model)
+    return model
+
+
+def check_run_dir(cfg: Config, run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start a new run in the directory of an earlier one that has checkpoints (a read only).
+
+    A run directory belongs to one run: `--resume` continues it, `--overwrite` deletes it first.
+    """
+    if resume is not None and overwrite:
+        raise ConfigError("--resume (or --resume-from) and --overwrite exclude each other: continue the run "
+                          "or start it over")
+    if overwrite:
+        init_from = getattr(cfg.model, "init_from", None)
+        if init_from and Path(init_from).resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"model.init_from {init_from} is inside {run_dir}, which --overwrite would delete")
+        return
+    saved = run_dir / "checkpoints"
+    if resume is None and saved.is_dir() and any(saved.iterdir()):
+        raise DataError(f"{run_dir} holds the checkpoints of an earlier run named train.name={cfg.train.name}: "
+                        f"continue it with --resume, start it over with --overwrite (deletes {run_dir}), or "
+                        f"choose another train.name")
 
 
 def training_plan(cfg: Config, info: DatasetInfo, resume_from: Path | None) -> TrainPlan:
@@ -165,6 +213,7 @@ def start(s: Session, steps: int) -> None:
 
     cfg, accelerator = s.cfg, s.accelerator
     s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = steps
+    s.state["unfreeze_at"] = freeze.unfreeze_step(cfg.model.freeze_encoder, steps)
     s.state["order"], s.state["shape"] = s.plan.state(), vars(s.plan.shape).copy()
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, s.run_dir / "config.yaml")

@@ -8,6 +8,7 @@ import torch
 
 from segdist.data.train_loader import SKIP_REASONS
 from segdist.distributed import agree
+from segdist.training import freeze
 from segdist.training.optim import is_plateau
 from segdist.training.session import Session
 from segdist.utils.console import print_line
@@ -44,7 +45,9 @@ def optimizer_step(s: Session, loss: torch.Tensor) -> str:
 
 
 def apply_update(s: Session) -> None:
-    """Clip, step the optimizer, update the EMA."""
+    """Drop a frozen encoder's gradients, clip, step the optimizer, update the EMA."""
+    if s.state["unfreeze_at"] and freeze.is_frozen(s.state["update"] - 1, s.state["unfreeze_at"]):
+        freeze.drop_frozen_grads(s.accelerator.unwrap_model(s.model))
     if s.cfg.optim.grad_clip:
         s.accelerator.clip_grad_norm_(s.model.parameters(), s.cfg.optim.grad_clip)
     s.optimizer.step()
