@@ -1,7 +1,7 @@
 """segdist: distributed training and evaluation for semantic segmentation.
 
-The Python API (segdist.api): prepare_coco, prepare_cityscapes, prepare_folder, train, load_run,
-evaluate. The packages, imports pointing down only (checked by import-linter, pyproject.toml):
+The Python API (segdist.api): prepare_coco, prepare_cityscapes, prepare_folder, verify, train,
+load_run, evaluate. The packages, imports pointing down only (checked by import-linter, pyproject.toml):
 
     cli.py, demo.py     the command line and the built-in demo
     api.py              the functions above, which the command line calls
@@ -16,7 +16,8 @@ evaluate. The packages, imports pointing down only (checked by import-linter, py
     errors.py version.py
 """
 
-from segdist.api import evaluate, load_run, prepare_cityscapes, prepare_coco, prepare_folder, train
+from segdist.api import evaluate, load_run, prepare_cityscapes, prepare_coco, prepare_folder, train, verify
 from segdist.version import __version__
 
-__all__ = ["__version__", "prepare_coco", "prepare_cityscapes", "prepare_folder", "train", "load_run", "evaluate"]
+__all__ = ["__version__", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run",
+           "evaluate"]

@@ -8,6 +8,7 @@
     >>> run = segdist.load_run(summary["run_dir"])
     >>> classes = run.predict("photo.png")                 # HxW class ids at the photo's size
     >>> segdist.evaluate(summary["run_dir"], split="val")["miou"]
+    >>> segdist.verify("shards/camvid")["ok"]             # every shard present, with its recorded sha256
 
 Each function imports its heavy packages (torch, Ray, pycocotools) when called, so `import segdist`
 stays cheap and Ray workers, which import segdist.prepare, never pay for torch. Errors are raised
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from segdist.config import Config
     from segdist.runs.run import Run
 
-__all__ = ["prepare_coco", "prepare_cityscapes", "prepare_folder", "train", "load_run", "evaluate"]
+__all__ = ["prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run", "evaluate"]
 
 
 def prepare_coco(images: str | Path, annotations: str | Path, classes: str | Sequence[str], out: str | Path, *,
@@ -115,8 +116,37 @@ def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequenc
                    overwrite=overwrite, work_dir=work_dir)
 
 
+def verify(shards: str | Path, *, split: str | Sequence[str] | None = None) -> dict:
+    """Check every shard of a prepared dataset against its dataset.json: present, recorded size and sha256.
+
+    Args:
+        shards: a dataset directory or a URL prefix (http(s)://, s3://, pipe:), as for training.
+        split: a split or a list of splits (default: every split).
+
+    Returns:
+        {"ok": no shard missing, unreadable or different, "splits": {split: {status: count}},
+        "problems": {shard name: "status (detail)"}}; statuses: "ok", "missing", "size mismatch",
+        "hash mismatch", "unreadable", "no checksum recorded" (an older manifest: not a failure).
+
+    Example:
+        >>> segdist.verify("s3://datasets/coco3")["problems"]
+        {'train-000007.tar': 'hash mismatch (sha256 9f2c..., dataset.json records 41ab...)'}
+    """
+    from collections import Counter
+
+    from segdist.data.verify import OK, failed, verify_dataset
+
+    checks = verify_dataset(shards, split)
+    splits: dict[str, Counter] = {}
+    for check in checks:
+        splits.setdefault(check.split, Counter())[check.status] += 1
+    return {"ok": not failed(checks), "splits": {name: dict(counts) for name, counts in splits.items()},
+            "problems": {c.name: c.status + (f" ({c.detail})" if c.detail else "") for c in checks if c.status != OK}}
+
+
 def train(config: str | Path | Config | None = None, *, resume: str | Path | bool | None = None,
-          overwrite: bool = False, overrides: Sequence[str] = (), **sections: dict) -> dict:
+          overwrite: bool = False, resume_inexact: bool = False, overrides: Sequence[str] = (),
+          **sections: dict) -> dict:
     """Train a model as `segdist train` does, in this process (or under `accelerate launch`).
 
     Args:
@@ -124,6 +154,9 @@ def train(config: str | Path | Config | None = None, *, resume: str | Path | boo
         resume: "latest" or True (the run's newest complete checkpoint) or a checkpoint directory.
         overwrite: delete an earlier run of the same train.name first; without it (or `resume`) a
             run directory that holds checkpoints is refused (DataError).
+        resume_inexact: resume even when the checkpoint's RNG states cannot be restored (said once:
+            dropout and other random layers then draw differently; the sample order is kept). Without
+            it such a checkpoint is refused (CheckpointError naming the file).
         overrides: dotted overrides as on the command line, e.g. ["optim.lr=0.01"].
         **sections: overrides by section, e.g. train={"epochs": 2}, data={"shards": "shards/demo"}.
 
@@ -138,7 +171,8 @@ def train(config: str | Path | Config | None = None, *, resume: str | Path | boo
     from segdist.training.loop import main
 
     resume = "latest" if resume is True else (None if resume is False or resume is None else str(resume))
-    return main(check_config(resolved_config(config, overrides, sections)), resume=resume, overwrite=overwrite)
+    return main(check_config(resolved_config(config, overrides, sections)), resume=resume, overwrite=overwrite,
+                resume_inexact=resume_inexact)
 
 
 def resolved_config(config: str | Path | Config | None, overrides: Sequence[str] = (),
@@ -190,7 +224,8 @@ def evaluate(run_dir: str | Path, *, split: str | None = None, checkpoint: str =
         checkpoint: "best", "last" or a checkpoint path.
         tta: None, "flip" or "scales=0.5,1.0,1.5[,flip]".
         **options: shards (another dataset directory or URL), mode ("whole"/"slide"), crop, stride,
-            batch_size, workers, tensorboard, output_format ("segdist"/"cityscapes"), results_dir.
+            batch_size, workers, tensorboard, output_format ("segdist"/"cityscapes"), results_dir,
+            max_pixels (default: the run's data.max_pixels).
 
     Returns:
         The report written to runs/NAME/eval/<split>/metrics.json: miou, mdice, pixel_accuracy,

@@ -1,4 +1,4 @@
-"""One entry point: `segdist synth|prepare|stats|show|train|bench-data|evaluate|predict|export|demo|env`.
+"""One entry point: `segdist synth|prepare|verify|stats|show|train|bench-data|evaluate|predict|export|demo|env`.
 
 The parser and one thin `cmd_*` function per command; each calls the package that does the work
 (mostly through segdist.api, the same functions notebooks call).
@@ -10,9 +10,10 @@ import argparse
 import sys
 
 from segdist.errors import ConfigError, DataError
-from segdist.prepare.inputs import DEFAULT_MAX_PIXELS
+from segdist.utils.secrets import redact
+from segdist.utils.images import DEFAULT_MAX_PIXELS
 
-DESCRIPTION = "One entry point: `segdist synth|prepare|stats|show|train|evaluate|predict|export|demo|env`."
+DESCRIPTION = "One entry point: `segdist synth|prepare|verify|stats|show|train|evaluate|predict|export|demo|env`."
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -100,6 +101,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     prepare[args.source](**_options(args, PREPARE_OPTIONS[args.source] + JOB_OPTIONS + RUN_OPTIONS))
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    from segdist.data.verify import failed, report, verify_dataset
+
+    checks = verify_dataset(args.dir, args.split)
+    print(report(args.dir, checks))
+    bad = failed(checks)
+    if bad:
+        raise DataError(f"{len(bad)} of {len(checks)} shards of {args.dir} are not what dataset.json records: "
+                        + ", ".join(f"{c.name} ({c.status})" for c in bad))
+
+
 def cmd_stats(args: argparse.Namespace) -> None:
     from segdist.format.class_stats import write_stats
 
@@ -109,7 +121,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
 def cmd_show(args: argparse.Namespace) -> None:
     from segdist.data.show import show
 
-    show(args.dir, args.split, args.out, args.n)
+    show(args.dir, args.split, args.out, args.n, args.max_pixels)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -119,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, *([f"train.budget={args.budget}"] if args.budget else [])]
     with errors_reported_once():
         api.train(args.config, resume=args.resume_from or ("latest" if args.resume else None),
-                  overwrite=args.overwrite, overrides=overrides)
+                  overwrite=args.overwrite, resume_inexact=args.resume_inexact, overrides=overrides)
 
 
 def cmd_bench_data(args: argparse.Namespace) -> None:
@@ -158,14 +170,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     with errors_reported_once():
         evaluate(args.run, checkpoint=args.checkpoint, split=args.split, shards=args.shards,
                  batch_size=args.batch_size, workers=args.workers, tensorboard=args.tensorboard,
-                 output_format=args.format, results_dir=args.out, **_inference_options(args))
+                 output_format=args.format, results_dir=args.out, max_pixels=args.max_pixels,
+                 **_inference_options(args))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from segdist.evaluation.predict import predict
 
     predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-            workers=args.workers, output_format=args.format, **_inference_options(args))
+            workers=args.workers, output_format=args.format, max_pixels=args.max_pixels,
+            **_inference_options(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -194,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segdist", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"segdist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_prepare, _add_stats, _add_show, _add_train, _add_bench_data):
+    for add in (_add_synth, _add_prepare, _add_verify, _add_stats, _add_show, _add_train, _add_bench_data):
         add(sub)
     run, infer = _run_options(), _inference_parser()
     _add_evaluate(sub, run, infer)
@@ -246,7 +260,7 @@ def _prepare_options() -> argparse.ArgumentParser:
     common.add_argument("--shard-bytes", type=_bytes, default=None, help="also cap shard size, e.g. 512MB")
     common.add_argument("--ignore-index", type=int, default=None,
                         help="label value meaning 'ignore' (default 255, or 65535 with more than 255 classes)")
-    common.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    common.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
                         help="skip (and count) images and masks larger than this (default: PIL's limit)")
     common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
     return common
@@ -288,6 +302,13 @@ def _add_prepare_folder(src: argparse._SubParsersAction, common: argparse.Argume
     c.add_argument("--mask-suffix", default="", help="mask stem = image stem + this")
 
 
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every shard of a dataset against dataset.json (present, size, sha256)")
+    p.add_argument("dir", help="dataset directory or URL prefix (http(s)://, s3://, pipe:)")
+    p.add_argument("--split", action="append", default=None, help="only this split (repeatable; default: all)")
+    p.set_defaults(func=cmd_verify)
+
+
 def _add_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="print a dataset's class statistics and write a class histogram")
     p.add_argument("dir")
@@ -302,6 +323,8 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--out", required=True)
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
+                   help="skip (and name) samples larger than this, read from the header (default: PIL's limit)")
     p.set_defaults(func=cmd_show)
 
 
@@ -317,6 +340,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     run_dir.add_argument("--overwrite", action="store_true",
                          help="delete an earlier run of the same train.name and start over (without this, "
                               "--resume or --resume-from, a run directory with checkpoints is refused)")
+    p.add_argument("--resume-inexact", action="store_true",
+                   help="with --resume/--resume-from: go on when the checkpoint's RNG states cannot be restored "
+                        "(said once; dropout and other random layers then draw differently, the sample order "
+                        "and augmentation are kept); without it such a checkpoint is refused")
     p.add_argument("--budget", default=None,
                    help="wall-clock budget (50m, 1h30m, 01:30:00): train.max_steps is set to fit it (train.budget)")
     p.set_defaults(func=cmd_train)
@@ -349,7 +376,19 @@ def _inference_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tta", type=_tta, default=None,
                        help="flip, or scales=0.5,0.75,1.0,1.25,1.5[,flip]: softmax averaged over the views")
     infer.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the run's data.workers)")
+    infer.add_argument("--max-pixels", type=_max_pixels, default=None,
+                       help="skip (and name) images larger than this, read from the header before decoding "
+                            "(default: the run's data.max_pixels)")
     return infer
+
+
+def _max_pixels(text: str) -> int:
+    from segdist.utils.images import check_max_pixels
+
+    try:
+        return check_max_pixels(int(text))
+    except (ValueError, DataError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_evaluate(sub: argparse._SubParsersAction, run: argparse.ArgumentParser,
@@ -410,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (DataError, ConfigError) as exc:
-        print(f"segdist: error: {exc}", file=sys.stderr)
+        print(f"segdist: error: {redact(exc)}", file=sys.stderr)  # a credential in a URL shows as ***
         raise SystemExit(2) from None
 
 

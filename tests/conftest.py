@@ -1,7 +1,5 @@
 """Shared fixtures: one Ray cluster for the session, and access to the real data beside the repo."""
 
-import os
-
 import pytest
 
 
@@ -10,8 +8,9 @@ def ray_cluster():
     """A local Ray cluster shared by all in-process `segdist prepare` calls (saves ~3 s each)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from segdist.prepare.ray_cluster import init_ray
+
+    init_ray(2, None)
     yield
     ray.shutdown()
 

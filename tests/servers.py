@@ -4,7 +4,8 @@
 (GET and HEAD with `Range: bytes=...`) or forwards every request to an upstream server (moto's
 S3), and in both modes it can add latency to each request, answer an error status for the first
 K requests of a path, or drop the connection after N bytes of the body for the first K GETs of a
-path. It logs every request (method, path, range, status, body bytes sent) so tests can assert
+path, and it can require HTTP Basic auth (`auth=(user, password)`, else 401). It logs every
+request (method, path, range, status, body bytes sent) so tests can assert
 what a client really did. Bodies are held in memory: it is a test server, for files of a few MiB.
 
 `MotoServer` runs `python -m moto.server` as a subprocess (as s3fs's own test suite does).
@@ -12,6 +13,7 @@ what a client really did. Bodies are held in memory: it is a test server, for fi
 
 from __future__ import annotations
 
+import base64
 import http.client
 import re
 import socket
@@ -57,12 +59,14 @@ class _Fault:
 class FaultyServer:
     """A threaded HTTP server on 127.0.0.1 serving `root` or proxying to `upstream`, with faults."""
 
-    def __init__(self, root: Path | None = None, *, upstream: str | None = None, latency: float = 0.0):
+    def __init__(self, root: Path | None = None, *, upstream: str | None = None, latency: float = 0.0,
+                 auth: tuple[str, str] | None = None):
         if (root is None) == (upstream is None):
             raise ValueError("give exactly one of root (serve a directory) or upstream (proxy)")
         self.root = Path(root) if root is not None else None
         self.upstream = urlsplit(upstream) if upstream else None
         self.latency = latency
+        self.auth = auth  # (user, password) every request must send as HTTP Basic auth; settable
         self.log: list[Request] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._lock = threading.Condition()
@@ -176,6 +180,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.owner._begin()
         if self.owner.latency:
             time.sleep(self.owner.latency)
+        if self.owner.auth is not None and self.headers.get("Authorization") != _basic(*self.owner.auth):
+            self._drain_request_body()
+            return self._reply(path, 401, {"WWW-Authenticate": 'Basic realm="test"'}, b"unauthorized")
         fault = self.owner._take_fault(self.command, path)
         if fault is not None and fault.status is not None:
             self._drain_request_body()
@@ -260,6 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import constant_class_miou
 
 import segdist
 
@@ -37,8 +39,12 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     exec(compile(readme_python_example(), "README.md", "exec"), {})  # noqa: S102 - the README's own code
     shape, names, miou = last_line(capsys)
     assert shape == (240, 320) and names and set(names) <= {"background", "person", "bicycle", "car"}
-    assert 0.0 <= miou <= 1.0
-    assert (tmp_path / "runs" / "notebook" / "eval" / "val" / "metrics.json").is_file()
+    metrics = json.loads((tmp_path / "runs" / "notebook" / "eval" / "val" / "metrics.json").read_text())
+    assert miou == round(metrics["miou"], 3)
+    # The example's 10 epochs (40 steps) reach val mIoU 0.762 here (twice, identical); one predicting a
+    # single class everywhere scores at most 0.23 on this val split (mostly background): the floor
+    # lies between, at half the measured value.
+    assert constant_class_miou(metrics["confusion"]) < 0.38 <= miou
 
 
 def test_run_predict_gives_what_segdist_predict_writes(tiny_run, tmp_path):

@@ -1,5 +1,6 @@
 """Recipes in configs/ load, validate and build; overrides and the saved config round-trip."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,24 @@ def checked(path, overrides=()):
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
+def _header(recipe: Path) -> str:
+    """A recipe's leading comment: what it reproduces and how it differs."""
+    lines = recipe.read_text().splitlines()
+    return "\n".join(line for line in lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
 def test_there_is_a_recipe_per_prior_report_and_reference():
-    names = {p.stem for p in RECIPES}
-    assert len(names) >= 8 and "demo" in names
+    headers = {p.name: _header(p) for p in RECIPES}
+    sources = {f"prior report {n:03d}": f"Prior report {n:03d}" for n in range(5)}
+    sources |= {"torchvision's reference": "torchvision's reference recipe",
+                "MMSegmentation's reference": "MMSegmentation's"}
+    for source, words in sources.items():
+        assert [name for name, header in headers.items() if header.startswith(f"# {words}")], \
+            f"no recipe in configs/ whose header starts with {words!r} ({source})"
+    # the README's recipe table lists every recipe, and only those
+    readme = (RECIPES[0].parents[1] / "README.md").read_text()
+    table = readme[readme.index("| recipe | what |"):].split("\n\n")[0]
+    assert sorted(re.findall(r"^\| `([^`]+\.yaml)` \|", table, re.M)) == sorted(headers) and "demo.yaml" in headers
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -257,7 +257,7 @@ def test_a_loader_started_late_in_an_epoch_decodes_only_the_samples_of_its_batch
 
     decoded = []
     real = module.decode
-    monkeypatch.setattr(module, "decode", lambda sample: decoded.append(sample["__key__"]) or real(sample))
+    monkeypatch.setattr(module, "decode", lambda sample, *a: decoded.append(sample["__key__"]) or real(sample, *a))
     cfg = _cfg(workers=0, batch_size=1)
     plan = train_plan(cfg, dataset)
     start = int(0.9 * plan.batches_per_epoch)  # 33 of 37

@@ -184,3 +184,18 @@ def test_a_budgets_refitted_schedule_moves_every_groups_lr_not_only_the_first():
         scheduler.step()
     expected = 0.5 ** 0.9
     assert all(g["lr"] == pytest.approx(g["initial_lr"] * expected) for g in optimizer.param_groups)
+
+
+@pytest.mark.slow
+def test_a_budget_checks_its_pace_only_on_steps_that_train_the_encoder_as_calibrated(datasets, tmp_path):
+    """A freeze that ends mid-run is off at calibration; its faster frozen steps timed as the pace
+    made the first check plan far more steps than fit (3870 -> 5582 on CamVid)."""
+    import re
+
+    from segdist.training.budget import PACE_UPDATES
+
+    unfreeze = 30
+    out = run_train(datasets[0], tmp_path, "train.budget=45s", f"model.freeze_encoder={unfreeze}", "data.workers=0",
+                    "data.epoch_samples=12", "optim.warmup_steps=0", "train.name=frozen_budget")
+    checks = [int(at) for at in re.findall(r"budget check at step (\d+)", out)]
+    assert checks and min(checks) >= unfreeze + PACE_UPDATES, (checks, out[-2000:])

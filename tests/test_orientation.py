@@ -9,7 +9,7 @@ turn, flip or transpose between image and label shows as a mismatch.
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, train_plan
+from helpers import read_shards, run_cli, train_plan
 from PIL import Image
 
 from segdist.config import load_config
@@ -76,7 +76,13 @@ def _oracle_run(oriented, tmp_path):  # noqa: ANN001
 
 def test_prepare_keeps_the_stored_grid(oriented):
     info = load_dataset_info(oriented / "shards")
-    assert info.split("train")["samples"] == 8
+    for split in ("train", "val"):
+        assert info.split(split)["samples"] == 8
+        samples = read_shards(oriented / "shards", split)  # decoded by PIL alone, EXIF orientation not applied
+        assert sorted(s["key"] for s in samples) == [f"o{orientation}" for orientation in range(1, 9)]
+        for sample in samples:
+            assert sample["image"].shape == (H, W, 3) and np.array_equal(sample["label"], _label()), sample["key"]
+            assert np.array_equal(_classes_of(sample["image"]), _label()), sample["key"]
 
 
 def test_the_training_loader_keeps_image_and_label_aligned(oriented):
@@ -95,7 +101,7 @@ def test_evaluate_scores_a_perfect_oracle_perfectly(oriented, tmp_path, monkeypa
     import segdist.evaluation.evaluate
 
     monkeypatch.setattr(segdist.evaluation.evaluate, "load_run", lambda *a, **k: _oracle_run(oriented, tmp_path))
-    report = segdist.evaluation.evaluate.evaluate(tmp_path / "run", workers=0)
+    report = segdist.evaluation.evaluate.evaluate(tmp_path / "run", shards=oriented / "shards", workers=0)
     assert report["samples"] == 8 and report["pixel_accuracy"] == 1.0 and report["miou"] == 1.0
 
 

@@ -40,13 +40,15 @@ def test_missing_corrupt_and_resized_images_are_skipped_and_counted(tmp_path, pr
 
 
 @pytest.mark.parametrize("missing", ["images", "annotations", "categories"])
-def test_not_coco_json_names_the_missing_key(tmp_path, prepare, missing):
+def test_not_coco_json_names_the_missing_key(tmp_path, prepare, capsys, missing):
     images, ann_file = _tree(tmp_path)
     data = json.loads(ann_file.read_text())
     del data[missing]
     ann_file.write_text(json.dumps(data))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         _coco(prepare, images, ann_file, tmp_path / "out")
+    assert exc.value.code == 2
+    assert f"segdist: error: {ann_file}: not a COCO instances file: missing key '{missing}'" in capsys.readouterr().err
     with pytest.raises(DataError, match=f"{ann_file}.*missing key '{missing}'"):
         from segdist.prepare.coco_json import load_annotations
 

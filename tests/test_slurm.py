@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, manifest, read_shards
+from helpers import SMALL, constant_class_miou, manifest, read_shards
 from slurm_cluster import SlurmCluster, ensure_installed, free_port, missing_programs, wait_for
 
 pytestmark = pytest.mark.slow
@@ -151,6 +151,11 @@ def test_prepare_runs_ray_tasks_on_both_nodes(cluster: SlurmCluster, prepared: t
 
 # --- train: one gloo process per node ---------------------------------------------------------------
 
+# Enough steps for the tiny test model to learn something evaluation can tell from a constant guess
+# (test_evaluate_scores_the_checkpoint_over_two_nodes); a few seconds more than 4 steps.
+TRAIN_STEPS = 60
+
+
 def train_args(shards: Path, cluster: SlurmCluster, *extra: str) -> list[str]:
     return ["configs/demo.yaml", f"data.shards={shards}", f"train.runs_dir={cluster.root / 'runs'}", *SMALL, *extra]
 
@@ -158,7 +163,7 @@ def train_args(shards: Path, cluster: SlurmCluster, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(cluster: SlurmCluster, prepared: tuple[Path, Job]) -> tuple[Path, Job]:
     shards, _ = prepared
-    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, "train.max_steps=4"))
+    job_id = submit(cluster, "train.sbatch", *train_args(shards, cluster, f"train.max_steps={TRAIN_STEPS}"))
     return cluster.root / "runs" / f"demo-{job_id}", finish(cluster, job_id, timeout=240)
 
 
@@ -168,13 +173,13 @@ def test_train_forms_one_process_group_over_two_nodes(trained: tuple[Path, Job])
     by_rank = ranks(job.output)
     assert set(by_rank) == {0, 1}, job.output[-3000:]
     assert {r["node"] for r in by_rank.values()} == {"n1", "n2"}  # rank 0 and rank 1 on different nodes
-    assert all(r["world"] == 2 and r["steps"] == 4 for r in by_rank.values())
+    assert all(r["world"] == 2 and r["steps"] == TRAIN_STEPS for r in by_rank.values())
     assert by_rank[0]["weights"] == by_rank[1]["weights"]
     assert "WARNING" not in job.output  # segdist's "requested N processes but the group has M"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["stop"] == "done"
-    assert (run / "checkpoints/step_00000004/model.safetensors").exists()
-    assert steps_logged(run) == [1, 2, 3, 4]
+    assert summary["world_size"] == 2 and summary["steps"] == TRAIN_STEPS and summary["stop"] == "done"
+    assert (run / f"checkpoints/step_{TRAIN_STEPS:08d}/model.safetensors").exists()
+    assert steps_logged(run) == list(range(1, TRAIN_STEPS + 1))
 
 
 def test_a_budget_from_the_allocation_sets_the_steps_that_fit_the_time_left(
@@ -244,7 +249,10 @@ def test_evaluate_scores_the_checkpoint_over_two_nodes(cluster: SlurmCluster, pr
                                  "--split", "val"), timeout=180)
     assert job.ok, job.output[-5000:]
     metrics = json.loads((run / "eval/val/metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["checkpoint_step"] == 4
+    assert metrics["world_size"] == 2 and metrics["checkpoint_step"] == TRAIN_STEPS
     assert metrics["samples"] == manifest(shards)["splits"]["val"]["samples"]  # each sample exactly once
-    assert 0.0 <= metrics["miou"] <= 1.0
+    # The same training and evaluation on 2 gloo processes of one launcher scored 0.516 here (twice,
+    # identical); a model predicting one class everywhere scores at most 0.24 on this val split: the floor
+    # lies between.
+    assert constant_class_miou(metrics["confusion"]) < 0.35 <= metrics["miou"]
     assert "WARNING" not in job.output

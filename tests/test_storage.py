@@ -7,9 +7,11 @@ import io
 import multiprocessing
 import os
 import pickle
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -61,6 +63,22 @@ def gets(remote: Remote, name: str):
     return remote.server.requests(remote.server_path(name), "GET")
 
 
+@pytest.fixture
+def backoff_waits(monkeypatch) -> list[float]:
+    """The retry waits segdist asks for, in order, recorded instead of slept."""
+    from segdist.storage import retry
+
+    waits: list[float] = []
+    monkeypatch.setattr(retry, "time", SimpleNamespace(sleep=waits.append))  # retry.py uses time.sleep only
+    return waits
+
+
+def expected_backoff(policy: RetryPolicy, failure: int) -> tuple[float, float]:
+    """The range of the wait after the `failure`-th failure: `backoff * 2**(n-1)`, capped, times a 0.5-1 jitter."""
+    cap = min(policy.backoff * 2 ** (failure - 1), policy.max_backoff)
+    return cap * 0.5, cap
+
+
 # -- streams over HTTP and S3 ---------------------------------------------------------------------
 
 def test_a_stream_returns_exactly_the_objects_bytes(remote):
@@ -108,14 +126,18 @@ def test_503_answers_are_retried_and_counted(remote):
     assert stats.retries == 2 and stats.retried[url] == 2
 
 
-def test_more_faults_than_retries_raise_shard_unavailable_in_bounded_time(remote):
+def test_more_faults_than_retries_raise_shard_unavailable_after_bounded_backoff(remote, backoff_waits):
     url = remote.put("val-000001.tar", payload(50_000))
     remote.server.fail(remote.server_path("val-000001.tar"), times=100, status=503)
     stats = StorageStats()
-    began = time.monotonic()
     with pytest.raises(ShardUnavailable) as raised:
         storage.read_bytes(url, retry=FAST, stats=stats)
-    assert time.monotonic() - began < 5
+    # one wait per retry, growing exponentially within the policy's cap; none after the last failure
+    assert len(backoff_waits) == FAST.retries
+    for failure, wait in enumerate(backoff_waits, 1):
+        low, high = expected_backoff(FAST, failure)
+        assert low <= wait <= high, (failure, wait)
+    assert sum(backoff_waits) <= FAST.max_wait
     assert raised.value.url == url and raised.value.attempts == FAST.retries + 1
     assert "503" in raised.value.reason or "ServiceUnavailable" in raised.value.reason
     assert len(gets(remote, "val-000001.tar")) == FAST.retries + 1
@@ -152,13 +174,13 @@ def test_a_byte_range_resumes_inside_the_range_after_a_drop(remote):
 def test_a_stalled_server_times_out_and_is_retried(http_server):
     data = payload(10_000)
     (http_server.root / "slow.tar").write_bytes(data)
-    http_server.latency = 0.6
+    http_server.latency = 0.6  # each answer comes after twice the timeout: without one, the read would succeed
     stats = StorageStats()
     slow = RetryPolicy(retries=1, backoff=0.01, timeout=0.3)
-    began = time.monotonic()
-    with pytest.raises(ShardUnavailable, match="timed out"):
+    with pytest.raises(ShardUnavailable, match="timed out") as raised:
         storage.read_bytes(f"{http_server.url}/slow.tar", retry=slow, stats=stats)
-    assert time.monotonic() - began < 3 and stats.retries == 1
+    assert raised.value.attempts == 2 and stats.retries == 1 and stats.give_ups == 1
+    assert len(http_server.requests("/slow.tar", "GET")) == 2  # the first try and one retry, then no more
 
 
 # -- pipe: ----------------------------------------------------------------------------------------
@@ -182,15 +204,29 @@ def test_a_failing_pipe_is_restarted_and_skips_what_it_already_delivered(tmp_pat
     assert stats.retries == 1
 
 
-def test_a_pipe_that_never_succeeds_or_stalls_gives_up(tmp_path):
+def test_a_pipe_that_never_succeeds_or_stalls_gives_up(tmp_path, monkeypatch):
+    from segdist.storage import pipe
+
     stats = StorageStats()
     with pytest.raises(ShardUnavailable, match="status 1"):
         storage.read_bytes("pipe:false", retry=FAST, stats=stats)
     assert stats.retries == FAST.retries
-    began = time.monotonic()
+    # a command that stalls is killed after `timeout` (not waited for), and restarted once
+    started = []
+    monkeypatch.setattr(pipe.PipeBody, "__init__", _recording(pipe.PipeBody.__init__, started))
     with pytest.raises(ShardUnavailable, match="wrote nothing"):
         storage.read_bytes("pipe:sleep 30", retry=RetryPolicy(retries=1, backoff=0.01, timeout=0.3))
-    assert time.monotonic() - began < 3
+    assert len(started) == 2
+    # ended by a signal, not waited for: `sleep 30` left to finish would exit with 0
+    assert [body.process.returncode for body in started] == [-signal.SIGKILL] * 2
+
+
+def _recording(init: Callable, bodies: list) -> Callable:
+    def recording_init(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        bodies.append(self)
+
+    return recording_init
 
 
 # -- the node-local cache -------------------------------------------------------------------------
@@ -230,15 +266,26 @@ def test_the_cache_evicts_least_recently_used_shards_but_never_one_in_use(http_s
         (http_server.root / f"{i}.tar").write_bytes(payload(100_000, seed=i))
     url = [f"{http_server.url}/{i}.tar" for i in range(4)]
     bound = 250_000  # room for two shards
+    last_used = time.time() - 1000  # every entry's time of use set apart, before the next download
+
+    def used(i: int) -> None:
+        os.utime(cache / storage.cache.entry_name(url[i]), (last_used + i, last_used + i))
+
     held = storage.open_stream(url[0], retry=FAST, cache_dir=cache, cache_max_bytes=bound)
+    used(0)
     for i in (1, 2, 3):
         storage.open_stream(url[i], retry=FAST, cache_dir=cache, cache_max_bytes=bound).close()
-        time.sleep(0.01)  # distinct mtimes
-    cached = {p.name for p in cache.iterdir() if p.name.endswith(".tar")}
-    assert cached == {storage.cache.entry_name(url[0]), storage.cache.entry_name(url[3])}
+        used(i)
+
+    def cached() -> set[str]:
+        return {p.name for p in cache.iterdir() if p.name.endswith(".tar")}
+
+    # 1, then 2 went for room; 0, the least recently used, stayed: it is in use
+    assert cached() == {storage.cache.entry_name(url[0]), storage.cache.entry_name(url[3])}
     assert held.read() == payload(100_000, seed=0)
     held.close()
     storage.open_stream(url[1], retry=FAST, cache_dir=cache, cache_max_bytes=bound).close()
+    assert cached() == {storage.cache.entry_name(url[3]), storage.cache.entry_name(url[1])}  # 0 went, not 3
     sizes = sum(p.stat().st_size for p in cache.iterdir() if p.name.endswith(".tar"))
     assert sizes <= bound
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]

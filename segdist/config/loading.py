@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import tempfile
 import typing
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from segdist.config.schema import (
     parse_duration,
 )
 from segdist.errors import ConfigError
-from segdist.utils.files import write_text_atomic
+from segdist.utils.files import publish
+from segdist.utils.secrets import redact
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -160,5 +163,37 @@ def validate_fine_tuning(cfg: Config) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML (temporary name, then rename)."""
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (temporary name, then rename), with every credential masked.
+
+    A credential in a value (`data.shards` as `https://user:password@host/...`, `...?X-Amz-Signature=...`,
+    `pipe:TOKEN=... curl ...`) is written as `***` (segdist.utils.secrets) and the file is then
+    readable by its owner only (0600; else the umask decides). The file still loads, but a masked
+    `data.shards` cannot be read: `--resume` and `segdist evaluate --shards` take the real one again.
+    """
+    values, masked = _redacted(cfg.to_dict())
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(values, sort_keys=False))
+        if not masked:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+        publish(Path(temporary), path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _redacted(value: Any) -> tuple[Any, bool]:
+    """`value` (nested dicts and lists) with credentials in its strings masked, and whether any was."""
+    if isinstance(value, dict):
+        pairs = {key: _redacted(item) for key, item in value.items()}
+        return {key: item for key, (item, _) in pairs.items()}, any(masked for _, masked in pairs.values())
+    if isinstance(value, (list, tuple)):
+        items = [_redacted(item) for item in value]
+        return [item for item, _ in items], any(masked for _, masked in items)
+    if isinstance(value, str):
+        text = redact(value)
+        return text, text != value
+    return value, False

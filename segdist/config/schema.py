@@ -10,6 +10,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from segdist.utils.images import DEFAULT_MAX_PIXELS
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("poly", "cosine", "step", "plateau", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -50,6 +52,7 @@ class DataConfig:
     cache_max_gb: float = 50.0  # the cache's size bound; least recently used shards are evicted
     retries: int = 5  # transient failures tolerated per remote shard read (resumed where possible)
     io_timeout: float = 30.0  # seconds any network call may take
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped, checked from the header before decoding
 
 
 @dataclass

@@ -12,4 +12,5 @@
     workers.py        DataLoader workers that survive SLURM's signals and are always released
     bench.py          `segdist bench-data`: the loader alone, images/s per process and core
     show.py           `segdist show`: image | mask | overlay panels read from the shards
+    verify.py         `segdist verify`: every shard present, with the size and sha256 dataset.json records
 """

@@ -20,25 +20,36 @@ import numpy as np
 import torch
 
 from segdist.config import DataConfig
-from segdist.utils.images import decode_label, decode_rgb
+from segdist.utils.images import DEFAULT_MAX_PIXELS, TooManyPixels, decode_label, decode_rgb
+from segdist.utils.secrets import redact
+
+
+# why a sample is unusable: the training loop sums a fixed list of reasons over all ranks
+CORRUPT_REASONS = ("incomplete_sample", "undecodable", "size_mismatch", "too_large")
 
 
 class CorruptSample(Exception):
-    """A shard sample that cannot be used; `reason` is the name it is counted under."""
+    """A shard sample that cannot be used; `reason` (one of CORRUPT_REASONS) is the name it is counted under."""
 
     def __init__(self, reason: str, detail: str):
+        assert reason in CORRUPT_REASONS, reason  # a reason outside the list would be dropped from the counts
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
 
 
-def decode(sample: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Shard sample -> (RGB uint8 image, label map), both on the stored pixel grid."""
-    where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+def decode(sample: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Shard sample -> (RGB uint8 image, label map), both on the stored pixel grid.
+
+    Images and labels over `max_pixels` (from their headers) are refused before they are decoded.
+    """
+    where = f"{redact(sample.get('__url__'))}: sample {sample.get('__key__')}"
     data = sample.get("jpg") or sample.get("png")
     if data is None or "seg.png" not in sample:
         raise CorruptSample("incomplete_sample", f"{where} lacks its image or seg.png")
     try:
-        image, label = decode_rgb(data), decode_label(sample["seg.png"])
+        image, label = decode_rgb(data, max_pixels=max_pixels), decode_label(sample["seg.png"], max_pixels)
+    except TooManyPixels as exc:
+        raise CorruptSample("too_large", f"{where}: {exc}") from None
     except cv2.error as exc:
         raise CorruptSample("undecodable", f"{where}: {exc}") from None
     if image is None or label is None:

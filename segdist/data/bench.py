@@ -17,6 +17,7 @@ from segdist.config import Config
 from segdist.data.info import load_dataset_info
 from segdist.data.plan import Shape, plan_for
 from segdist.data.train_loader import train_loader
+from segdist.utils.secrets import redact
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -68,7 +69,7 @@ def bench_data(cfg: Config, workers: list[int] | None = None, seconds: float = 1
         results.append(result)
     if rank == 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        print(f"training loader of {cfg.data.shards} (crop {cfg.data.crop_size}, batch {cfg.data.batch_size}), "
+        print(f"training loader of {redact(cfg.data.shards)} (crop {cfg.data.crop_size}, batch {cfg.data.batch_size}), "
               f"{world} process(es), {cores} CPU core(s) available to each; figures of process 0:")
         print(f"{'workers':>7}  {'images/s':>9}  {'cores busy':>10}  {'images/s per core':>17}"
               + (f"  {'all processes images/s':>22}" if world > 1 else ""))

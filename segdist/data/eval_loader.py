@@ -17,6 +17,7 @@ from segdist.data.augment import CorruptSample, decode, eval_transform, to_tenso
 from segdist.data.info import DatasetInfo
 from segdist.data.tar_reader import Reader, Skips, range_samples, slot_ranges
 from segdist.data.workers import Loader, worker_slot
+from segdist.utils.images import DEFAULT_MAX_PIXELS
 
 
 class EvalStream(IterableDataset):
@@ -26,9 +27,10 @@ class EvalStream(IterableDataset):
     """
 
     def __init__(self, info: DatasetInfo, split: str, size: int | None, rank: int, world_size: int,
-                 reader: Reader, side: str = "long"):
+                 reader: Reader, side: str = "long", max_pixels: int = DEFAULT_MAX_PIXELS):
         self.urls, self.records = info.shards(split)
         self.size, self.rank, self.world_size, self.reader, self.side = size, rank, world_size, reader, side
+        self.max_pixels = max_pixels
 
     def __iter__(self) -> Iterator[tuple]:
         worker, workers = worker_slot()
@@ -43,7 +45,7 @@ class EvalStream(IterableDataset):
                         reason
                 continue
             try:
-                image, label = decode(item)
+                image, label = decode(item, self.max_pixels)
             except CorruptSample as exc:
                 yield None, None, item["__key__"], exc.reason
                 continue
@@ -74,7 +76,8 @@ def pad_collate(batch: list, multiple: int = 32) -> dict:
 def eval_loader(cfg: DataConfig, info: DatasetInfo, split: str, *, rank: int, world_size: int,
                 size: int | None = None, batch_size: int | None = None, workers: int | None = None) -> Loader:
     """Validation/evaluation batches: padded images, labels at their original resolution."""
-    stream = EvalStream(info, split, size, rank, world_size, Reader.from_config(cfg), cfg.resize_side)
+    stream = EvalStream(info, split, size, rank, world_size, Reader.from_config(cfg, info.digests()),
+                        cfg.resize_side, cfg.max_pixels)
     return Loader(stream, batch_size=batch_size or cfg.val_batch_size,
                   num_workers=cfg.workers if workers is None else workers, collate_fn=pad_collate,
                   generator=torch.Generator())

@@ -10,7 +10,9 @@ import numpy as np
 from segdist import storage
 from segdist.config import DataConfig
 from segdist.errors import DataError
-from segdist.format.manifest import MANIFEST, read_manifest, shard_paths
+from segdist.format.manifest import MANIFEST, check_names, read_manifest, shard_digest, shard_paths
+from segdist.utils.checksums import Digest
+from segdist.utils.secrets import is_redacted, redact
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +49,7 @@ class DatasetInfo:
 
     def split(self, name: str) -> dict:
         if name not in self.manifest["splits"]:
-            raise DataError(f"{self.root} has no split '{name}'; it has {sorted(self.manifest['splits'])}")
+            raise DataError(f"{redact(self.root)} has no split '{name}'; it has {sorted(self.manifest['splits'])}")
         return self.manifest["splits"][name]
 
     def combined(self, names: str | list[str]) -> dict:
@@ -60,13 +62,26 @@ class DatasetInfo:
         urls, records = [], []
         for name in split_names(names):
             if not self.split(name)["samples"]:
-                raise DataError(f"{self.root}: split '{name}' has no samples")
+                raise DataError(f"{redact(self.root)}: split '{name}' has no samples")
             if storage.is_local(self.root):
                 urls += [str(p) for p in shard_paths(Path(self.root), self.manifest, name)]
             else:  # remote: a missing shard shows when it is read (retried, then counted)
-                urls += [storage.join(self.root, s["name"]) for s in self.split(name)["shards"]]
+                urls += [self.shard_url(s["name"]) for s in self.split(name)["shards"]]
             records += self.split(name)["shards"]
         return urls, records
+
+    def shard_url(self, name: str) -> str:
+        """Where the shard `name` is read from (the same string `shards` gives)."""
+        return str(Path(self.root) / name) if storage.is_local(self.root) else storage.join(self.root, name)
+
+    def digests(self) -> dict[str, Digest]:
+        """{shard URL: its recorded size and sha256} over every split; shards recorded without a size are left out."""
+        found = {}
+        for record in self.manifest["splits"].values():
+            for shard in record.get("shards", []):
+                if (digest := shard_digest(shard)) is not None:
+                    found[self.shard_url(shard["name"])] = digest
+        return found
 
 
 def _summed(values: list) -> int | list:
@@ -77,6 +92,9 @@ def _summed(values: list) -> int | list:
 
 def load_dataset_info(shards: str | Path) -> DatasetInfo:
     """The manifest of a prepared dataset: a local directory or a remote prefix (http(s)://, s3://, pipe:)."""
+    if is_redacted(shards):  # from a run's config.yaml, where a credential is written as ***
+        raise DataError(f"data.shards {shards!r} holds a credential that the run's config.yaml leaves out; give "
+                        f"it again (`segdist train ... data.shards=URL --resume`, `segdist evaluate --shards URL`)")
     if storage.is_local(shards):
         root = storage.urls.local_path(shards)
         if not root.is_dir():
@@ -84,9 +102,10 @@ def load_dataset_info(shards: str | Path) -> DatasetInfo:
         return DatasetInfo(root, read_manifest(root))
     url = storage.join(shards, MANIFEST)
     try:
-        return DatasetInfo(str(shards), storage.read_json(url))
+        manifest = storage.read_json(url)
     except (OSError, ValueError) as exc:
-        raise DataError(f"data.shards: cannot read {url}: {exc}") from None
+        raise DataError(f"data.shards: cannot read {redact(url)}: {redact(exc)}") from None
+    return DatasetInfo(str(shards), check_names(manifest, redact(url)))
 
 
 def normalization(cfg: DataConfig, info: DatasetInfo) -> tuple[tuple, tuple]:

@@ -80,7 +80,7 @@ class SampleIndex:
 
     def fingerprint(self) -> str:
         """A hash of what the order depends on: parts' names, sample counts and offsets."""
-        names = [url.rsplit("/", 1)[-1] for url in self.urls]
+        names = [url.split("?", 1)[0].rsplit("/", 1)[-1] for url in self.urls]  # not a URL's query (a token)
         text = json.dumps([names, self.counts, self.offsets], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from segdist.config import DataConfig
 from segdist.data.info import DatasetInfo
 from segdist.data.order import ALGORITHM, SampleIndex, epoch_length, epoch_order
 from segdist.errors import DataError
+from segdist.utils.secrets import redact
 
 DEFAULT_LANES = 16  # lanes of the order when data.lanes is not set (at most the number of shard parts)
 KEPT_ORDERS = 2  # epoch orders a worker keeps (a prefetch may reach into the next epoch)
@@ -58,13 +59,13 @@ def sample_index(info: DatasetInfo, splits: str | list[str], with_classes: bool)
     urls, records = info.shards(splits)
     missing = [r["name"] for r in records if not r.get("offsets") or len(r["offsets"]) != r["samples"]]
     if missing:
-        raise DataError(f"{info.root}: dataset.json has no per-sample byte offsets for {missing[0]} (prepared by an "
-                        "older segdist); run the same `segdist prepare ... --overwrite` again")
+        raise DataError(f"{redact(info.root)}: dataset.json has no per-sample byte offsets for {missing[0]} "
+                        "(prepared by an older segdist); run the same `segdist prepare ... --overwrite` again")
     classes = None
     if with_classes:
         if any("classes" not in r for r in records):
-            raise DataError(f"{info.root}: data.class_balanced needs each sample's classes in dataset.json (format "
-                            "segdist-shards/3); run the same `segdist prepare ... --overwrite` again")
+            raise DataError(f"{redact(info.root)}: data.class_balanced needs each sample's classes in dataset.json "
+                            "(format segdist-shards/3); run the same `segdist prepare ... --overwrite` again")
         classes = tuple(tuple(tuple(c) for c in r["classes"]) for r in records)
     return SampleIndex(tuple(urls), tuple(r["samples"] for r in records),
                        tuple(tuple(r["offsets"]) for r in records), classes)

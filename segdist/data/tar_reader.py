@@ -4,7 +4,8 @@ Shards are opened through segdist.storage (a local path, http(s)://, s3:// or pi
 transient faults and resumes where it can. A shard that still cannot be read, or breaks off or
 ends early (a truncated tar; fewer samples than the manifest lists), ends there: the samples read
 before the break are kept, and the event is counted by reason in a `Skips` counter instead of
-stopping the job.
+stopping the job. A shard that is not what dataset.json records (a local file of another size,
+a cached download of another size or sha256) is not read at all: it counts as unavailable.
 
 Evaluation splits a split's samples into equal contiguous ranges, one per (process, loader
 worker) slot; with the per-sample byte offsets that `segdist prepare` records, each slot reads
@@ -15,31 +16,35 @@ from __future__ import annotations
 
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from segdist import storage
 from segdist.format import tar_members
+from segdist.utils.checksums import Digest
 
 
 @dataclass(frozen=True)
 class Reader:
-    """How shards are opened: retries and timeouts for remote ones, and the node-local cache."""
+    """How shards are opened: retries and timeouts for remote ones, the node-local cache, and what each
+    shard should be (`expected`: URL -> size and sha256 from dataset.json, DatasetInfo.digests)."""
 
     retry: storage.RetryPolicy = field(default_factory=storage.RetryPolicy)
     cache_dir: str | None = None
     cache_max_bytes: int | None = None
+    expected: Mapping[str, Digest] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, cfg) -> "Reader":  # noqa: ANN001 - a DataConfig
+    def from_config(cls, cfg, expected: Mapping[str, Digest] | None = None) -> "Reader":  # noqa: ANN001 - a DataConfig
         return cls(storage.RetryPolicy(retries=cfg.retries, timeout=cfg.io_timeout), cfg.cache_dir,
-                   int(cfg.cache_max_gb * 2**30))
+                   int(cfg.cache_max_gb * 2**30), dict(expected or {}))
 
     def open(self, url: str, start: int, end: int | None, stats: storage.StorageStats):  # noqa: ANN201
         return storage.open_stream(url, start=start, end=end, retry=self.retry, stats=stats,
-                                   cache_dir=self.cache_dir, cache_max_bytes=self.cache_max_bytes)
+                                   cache_dir=self.cache_dir, cache_max_bytes=self.cache_max_bytes,
+                                   expected=self.expected.get(url))
 
 
 class Skips(Counter):

@@ -17,14 +17,14 @@ readable sample becomes one with every label ignored (loss 0), so every rank run
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from segdist.config import DataConfig
-from segdist.data.augment import CorruptSample, augment, decode, to_tensors, train_transform
+from segdist.data.augment import CORRUPT_REASONS, CorruptSample, augment, decode, to_tensors, train_transform
 from segdist.data.info import DatasetInfo
 from segdist.data.plan import TrainPlan
 from segdist.data.sample_reader import Fetch, SampleReader
@@ -32,19 +32,22 @@ from segdist.data.tar_reader import Reader
 from segdist.data.workers import Loader, worker_slot
 from segdist.errors import DataError
 from segdist.utils import faults
+from segdist.utils.checksums import Digest
+from segdist.utils.secrets import redact
 
 # Why data could not be read, as counted in the loaders, summary.json and the trackers.
-SKIP_REASONS = ("unavailable_shard", "truncated_shard", "incomplete_sample", "undecodable", "size_mismatch")
+SKIP_REASONS = ("unavailable_shard", "truncated_shard", *CORRUPT_REASONS)
 PATIENCE = 8  # micro-batches a worker reads without any readable sample before it calls the data unreadable
 
 
 class TrainBatches(IterableDataset):
     """Micro-batches [start, end) of process `rank`: (uint8 images, labels, what the batch read)."""
 
-    def __init__(self, plan: TrainPlan, cfg: DataConfig, ignore_index: int, *, rank: int, start: int, end: int):
+    def __init__(self, plan: TrainPlan, cfg: DataConfig, ignore_index: int, *, rank: int, start: int, end: int,
+                 expected: Mapping[str, Digest] | None = None):
         self.plan, self.cfg, self.ignore_index = plan, cfg, ignore_index
         self.rank, self.start, self.end = rank, start, end
-        self.reader = Reader.from_config(cfg)
+        self.reader = Reader.from_config(cfg, expected)
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -66,8 +69,9 @@ class TrainBatches(IterableDataset):
                 read_any = read_any or info["decoded"] > 0
                 unread.update(info["unavailable"])
                 if not read_any and n + 1 >= PATIENCE:  # refuse to train on nothing for ever
-                    raise DataError(f"no readable training sample in {n + 1} batches of {self.plan.index.urls[0]} "
-                                    f"and the other shards: unavailable: {unread or 'none'}; "
+                    raise DataError(f"no readable training sample in {n + 1} batches of "
+                                    f"{redact(self.plan.index.urls[0])} and the other shards: "
+                                    f"unavailable: {unread or 'none'}; "
                                     f"skipped: {info['skipped']}")
                 yield images, labels, info
         finally:
@@ -91,7 +95,7 @@ class TrainBatches(IterableDataset):
             if sample is None:
                 continue  # its range could not be read: counted by the read
             try:
-                image, label = decode(sample)
+                image, label = decode(sample, self.cfg.max_pixels)
             except CorruptSample as exc:
                 skips[exc.reason] += 1
                 continue
@@ -114,7 +118,7 @@ def train_loader(cfg: DataConfig, info: DatasetInfo, plan: TrainPlan, *, rank: i
                  end: int | None = None) -> Loader:
     """Micro-batches start..end-1 of process `rank` (default: one epoch from `start`)."""
     end = start + plan.batches_per_epoch if end is None else end
-    batches = TrainBatches(plan, cfg, info.ignore_index, rank=rank, start=start, end=end)
+    batches = TrainBatches(plan, cfg, info.ignore_index, rank=rank, start=start, end=end, expected=info.digests())
     return Loader(batches, batch_size=None, num_workers=cfg.workers, persistent_workers=False,
                   generator=torch.Generator())  # leaves the global RNG (saved in checkpoints) untouched
 

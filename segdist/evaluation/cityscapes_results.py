@@ -17,6 +17,7 @@ import numpy as np
 from segdist.errors import DataError
 from segdist.format.cityscapes_labels import CLASSES, LABELS
 from segdist.format.manifest import IGNORE_INDEX
+from segdist.utils.files import safe_file_name
 from segdist.utils.viz import save_png
 
 FORMATS = ("segdist", "cityscapes")
@@ -93,7 +94,7 @@ class ResultWriter:
         if name is None:
             self.unnamed.append(key)
             return
-        write_label_ids(prediction.cpu().numpy(), self.out / name)
+        write_label_ids(prediction.cpu().numpy(), self.out / safe_file_name(name))  # the key is data
         self.written += 1
 
 

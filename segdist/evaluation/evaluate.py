@@ -27,24 +27,29 @@ from segdist.evaluation.metrics import SegmentationMetrics, format_table, metric
 from segdist.evaluation.report import NAN_NOTE, log_to_tensorboard, with_class_accuracy, write_outputs
 from segdist.evaluation.scoring import Scored, score
 from segdist.models.inference import NO_TTA, TTA, check_mode
-from segdist.runs.run import Run, load_run
+from segdist.runs.run import Run, load_run, run_shards
+from segdist.utils.secrets import redact
 
 
 def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None = None,
              shards: str | Path | None = None, mode: str = "whole", crop: Sequence[int] | None = None,
              stride: Sequence[int] | None = None, tta: TTA = NO_TTA, batch_size: int | None = None,
              workers: int | None = None, tensorboard: bool = False, output_format: str = "segdist",
-             results_dir: str | Path | None = None) -> dict:
+             results_dir: str | Path | None = None, max_pixels: int | None = None) -> dict:
     """Evaluate `run_dir`'s checkpoint on `split` of `shards` (default: the run's val split and shards).
 
     Returns the report written to metrics.json (on every process; only the main one writes it).
     `output_format="cityscapes"` also writes the predictions as Cityscapes labelIds PNGs into `results_dir`.
+    Samples over `max_pixels` (default: the run's data.max_pixels) are counted as unreadable, never decoded.
     """
     check_mode(mode, crop, stride)
     check_format(output_format)
     if (output_format == "cityscapes") != (results_dir is not None):
         raise DataError("--format cityscapes and --out DIR go together: DIR receives the labelIds PNGs")
+    shards = shards or run_shards(run_dir)  # before the model: a pipe: command of the run's config is refused
     run = load_run(run_dir, checkpoint)
+    if max_pixels is not None:
+        run.config.data.max_pixels = max_pixels
     accelerator = make_accelerator(timeout_s=run.config.train.collective_timeout)  # precision: see score()
     split = split or run.config.data.val_split
     info = dataset_of(run, shards)
@@ -59,7 +64,7 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
         len(writer.unnamed) if writer else 0))
     report = {
         "run": str(run.dir), "checkpoint": str(run.checkpoint), "checkpoint_step": run.step,
-        "split": split, "shards": str(info.root), "samples": samples, "unreadable_samples": unreadable,
+        "split": split, "shards": redact(info.root), "samples": samples, "unreadable_samples": unreadable,
         "unreadable_examples": [list(u) for u in scored.unreadable[:20]], "world_size": accelerator.num_processes,
         "batch_size": batch_size, "eval_size": run.eval_size, "mode": mode,
         "precision": run.config.train.mixed_precision, "crop": list(crop) if crop else None,
@@ -79,7 +84,7 @@ def dataset_of(run: Run, shards: str | Path | None) -> DatasetInfo:
     """The dataset to evaluate on (default: the run's), refused if its classes are not the run's."""
     info = load_dataset_info(shards or run.config.data.shards)
     if info.classes != run.classes or info.ignore_index != run.ignore_index:
-        raise DataError(f"{info.root} has classes {info.classes} (ignore {info.ignore_index}) but the run was "
+        raise DataError(f"{redact(info.root)} has classes {info.classes} (ignore {info.ignore_index}) but the run was "
                         f"trained on {run.classes} (ignore {run.ignore_index})")
     return info
 
@@ -89,7 +94,7 @@ def score_split(run: Run, info: DatasetInfo, split: str, metrics: SegmentationMe
     """This process's share of `split`, predicted and added to `metrics`, with a progress bar."""
     device, world, precision = accelerator.device, accelerator.num_processes, run.config.train.mixed_precision
     expected = info.split(split)["samples"]
-    accelerator.print(f"evaluating {run.checkpoint} on {info.root} split '{split}' ({expected} samples), "
+    accelerator.print(f"evaluating {run.checkpoint} on {redact(info.root)} split '{split}' ({expected} samples), "
                       f"{world} process(es) on {device}, mode {options['mode']}, TTA {options['tta']}, "
                       f"precision {precision}")
     with eval_loader(run.config.data, info, split, rank=accelerator.process_index, world_size=world,
@@ -108,7 +113,7 @@ def publish(run: Run, info: DatasetInfo, report: dict, scored: Scored, tensorboa
         print(f"segdist: WARNING: {unreadable} sample(s) of split '{split}' could not be read and are not "
               f"scored, e.g. {scored.unreadable[:3]}", file=sys.stderr)
     elif samples != expected:
-        print(f"segdist: WARNING: evaluated {samples} samples but {info.root}/dataset.json lists {expected} "
+        print(f"segdist: WARNING: evaluated {samples} samples but {redact(info.root)}/dataset.json lists {expected} "
               f"for split '{split}'", file=sys.stderr)
     out = run.dir / "eval" / split
     write_outputs(report, out)
@@ -120,7 +125,7 @@ def publish(run: Run, info: DatasetInfo, report: dict, scored: Scored, tensorboa
 
 def result_writer(info: DatasetInfo, split: str, out: str | Path) -> ResultWriter:
     """The Cityscapes result writer of this process, once the dataset is known to be Cityscapes'."""
-    check_cityscapes_dataset(info.manifest, f"{info.root}/dataset.json", split)
+    check_cityscapes_dataset(info.manifest, f"{redact(info.root)}/dataset.json", split)
     return ResultWriter(Path(out))
 
 

@@ -28,7 +28,8 @@ from segdist.errors import DataError
 from segdist.evaluation.cityscapes_results import check_cityscapes_dataset, check_format, result_name, write_label_ids
 from segdist.models.inference import NO_TTA, TTA, check_mode
 from segdist.runs.run import Run, load_run
-from segdist.utils.images import decode_rgb
+from segdist.utils.files import safe_file_name
+from segdist.utils.images import DEFAULT_MAX_PIXELS, TooManyPixels, decode_rgb
 from segdist.utils.viz import colorize, overlay, save_jpeg, save_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -47,8 +48,9 @@ class Loaded:
 class ImageFiles(Dataset):
     """Decodes image files (any failure becomes `Loaded.error`) and resizes them as validation does."""
 
-    def __init__(self, paths: Sequence[Path], eval_size: int | None, side: str = "long"):
-        self.paths, self.eval_size, self.side = list(paths), eval_size, side
+    def __init__(self, paths: Sequence[Path], eval_size: int | None, side: str = "long",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.paths, self.eval_size, self.side, self.max_pixels = list(paths), eval_size, side, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -62,7 +64,9 @@ class ImageFiles(Dataset):
         if not data.size:
             return Loaded(path, error="empty file")
         try:
-            rgb = decode_rgb(data)  # the stored pixel grid: EXIF orientation is not applied (see images.py)
+            rgb = decode_rgb(data, max_pixels=self.max_pixels)  # the stored grid: EXIF orientation not applied
+        except TooManyPixels as exc:  # decoding it would take the memory of its full-size class scores too
+            return Loaded(path, error=f"{exc}: skipped before decoding")
         except cv2.error as exc:  # e.g. a header announcing more pixels than OpenCV accepts
             return Loaded(path, error=f"OpenCV refuses it ({str(exc).strip().splitlines()[-1]})")
         if rgb is None:
@@ -89,7 +93,8 @@ def find_images(spec: str) -> list[Path]:
 
 def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: str = "best", mode: str = "whole",
             crop: Sequence[int] | None = None, stride: Sequence[int] | None = None, tta: TTA = NO_TTA,
-            batch_size: int = 4, workers: int | None = None, output_format: str = "segdist") -> dict:
+            batch_size: int = 4, workers: int | None = None, output_format: str = "segdist",
+            max_pixels: int | None = None) -> dict:
     """Predict every image `inputs` names; returns {"written": [paths], "skipped": [(path, reason)]}."""
     check_mode(mode, crop, stride)
     check_format(output_format)
@@ -110,7 +115,7 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
     precision = run.config.train.mixed_precision
     print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}, "
           f"precision {precision}")
-    with Loader(ImageFiles(files, run.eval_size, run.resize_side), batch_size=batch_size,
+    with Loader(ImageFiles(files, run.eval_size, run.resize_side, max_pixels or run.config.data.max_pixels), batch_size=batch_size,
                 num_workers=min(workers, len(files)), collate_fn=list) as loader, \
             tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
@@ -149,14 +154,14 @@ def write_prediction(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> N
     """Index PNG (uint8, uint16 past 256 classes), palette colours and an overlay JPEG, named by the input's stem."""
     labels = labels.astype(np.uint8 if run.num_classes <= 256 else np.uint16)
     colour = colorize(labels, run.palette, run.ignore_index)
-    save_png(labels, out / "index" / f"{item.path.stem}.png")
-    save_png(colour, out / "color" / f"{item.path.stem}.png")
-    save_jpeg(overlay(item.rgb, colour, labels), out / "overlay" / f"{item.path.stem}.jpg")
+    save_png(labels, out / "index" / safe_file_name(item.path.stem, ".png"))
+    save_png(colour, out / "color" / safe_file_name(item.path.stem, ".png"))
+    save_jpeg(overlay(item.rgb, colour, labels), out / "overlay" / safe_file_name(item.path.stem, ".jpg"))
 
 
 def write_cityscapes(item: Loaded, labels: np.ndarray, run: Run, out: Path) -> None:  # noqa: ARG001
     """The benchmark's labelIds PNG, named after the input's frame."""
-    write_label_ids(labels, out / result_name(item.path.stem))
+    write_label_ids(labels, out / safe_file_name(result_name(item.path.stem)))
 
 
 WRITERS = {"segdist": write_prediction, "cityscapes": write_cityscapes}

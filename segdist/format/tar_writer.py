@@ -1,5 +1,8 @@
 """The tar writer: one shard's tar files, deterministic bytes, written under a temporary name, then published.
 
+Each part's size and sha256 are computed from the bytes as they are written (dataset.json records
+them; the cache and readers check them), so the file is never read back to hash it.
+
 A WebDataset shard is a plain tar whose members `<key>.<ext>` are grouped by key. Headers are
 fixed (mtime 0, uid/gid 0, no user or group names, mode 0444) and members are sorted by
 extension, so a shard's bytes depend only on its samples. The bytes are exactly those of
@@ -17,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segdist.utils.checksums import HashingWriter
 from segdist.utils.files import publish
 
 BLOCK = tarfile.BLOCKSIZE  # 512
@@ -58,18 +62,19 @@ def tar_header(name: str, size: int) -> bytes:
 
 @dataclass
 class ShardPart:
-    """A finished tar file: its name, sample count, size, where each sample's first header starts and
-    the classes each sample holds (the training order's repeat factors read them)."""
+    """A finished tar file: its name, sample count, size, sha256, where each sample's first header starts
+    and the classes each sample holds (the training order's repeat factors read them)."""
 
     name: str
     samples: int
     bytes: int
     offsets: list[int] = field(default_factory=list)
     classes: list[list[int]] = field(default_factory=list)
+    sha256: str | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "offsets": self.offsets,
-                "classes": self.classes}
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256,
+                "offsets": self.offsets, "classes": self.classes}
 
 
 class TarShard:
@@ -125,7 +130,8 @@ class TarShard:
     def _open_part(self) -> None:
         name = self._part_name()
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
-        self._stream, self._temp = os.fdopen(fd, "wb"), Path(temp)
+        # hashed as written: the recorded sha256 costs no second read of the file
+        self._stream, self._temp = HashingWriter(os.fdopen(fd, "wb")), Path(temp)
         self._part, self._offset, self._estimate = ShardPart(name, 0, 0), 0, 0
 
     def _finish_part(self) -> None:
@@ -135,7 +141,7 @@ class TarShard:
         os.fsync(self._stream.fileno())
         self._stream.close()
         os.chmod(self._temp, 0o644)
-        self._part.bytes = self._offset
+        self._part.bytes, self._part.sha256 = self._offset, self._stream.digest().sha256
         publish(self._temp, self.directory / self._part.name)
         self.parts.append(self._part)
         self._stream = self._temp = self._part = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,12 +15,7 @@ from PIL import Image
 
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX, MAX_LABEL_VALUE
-from segdist.utils.images import decode_rgb
-
-# PIL's DecompressionBombError threshold: the default of --max-pixels.
-DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
-# OpenCV refuses to decode images over 2**30 pixels (CV_IO_MAX_IMAGE_PIXELS): --max-pixels can't exceed it.
-DECODER_MAX_PIXELS = 1 << 30
+from segdist.utils.images import DEFAULT_MAX_PIXELS, decode_rgb, pil_bomb_check_off
 
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
@@ -72,12 +66,6 @@ def check_ignore_index(ignore_index: int, num_classes: int) -> int:
     return ignore_index
 
 
-def check_max_pixels(max_pixels: int) -> int:
-    if not 1 <= max_pixels <= DECODER_MAX_PIXELS:
-        raise DataError(f"--max-pixels {max_pixels} must be between 1 and {DECODER_MAX_PIXELS} (OpenCV's limit)")
-    return max_pixels
-
-
 @contextmanager
 def decoder_errors(reason: str, path: str | Path) -> Iterator[None]:
     """Whatever a decoder (PIL, OpenCV, pycocotools) raises for one file becomes a skip naming the file."""
@@ -87,19 +75,6 @@ def decoder_errors(reason: str, path: str | Path) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise anything on hostile bytes
         raise SkipSample(reason, f"{path}: {type(exc).__name__}: {exc}") from None
-
-
-@contextmanager
-def _pil_bomb_check_off() -> Iterator[None]:
-    """segdist checks --max-pixels itself, from the header, before anything is decoded."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _read_bytes(path: Path, kind: str) -> bytes:
@@ -141,7 +116,7 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
     the header, before decoding) or one whose (width, height) differs from `expected_size`.
     """
     data = _read_bytes(path, "image")
-    with decoder_errors("corrupt_image", path), _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as img:
+    with decoder_errors("corrupt_image", path), pil_bomb_check_off(), Image.open(io.BytesIO(data)) as img:
         fmt, (width, height) = img.format, img.size
     _check_pixels(path, width, height, max_pixels)
     if expected_size is not None and (width, height) != tuple(expected_size):
@@ -151,7 +126,7 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None,
         )
     reduce = 2 if fmt in _JPEG_FORMATS else 1
     with decoder_errors("corrupt_image", path):
-        rgb = decode_rgb(data, reduce=reduce)
+        rgb = decode_rgb(data, reduce=reduce, max_pixels=max_pixels)
     if rgb is None or rgb.shape[:2] != (-(-height // reduce), -(-width // reduce)):
         raise SkipSample("corrupt_image", f"{path}: truncated or corrupt {fmt} data")
     mean, std = cv2.meanStdDev(rgb)
@@ -180,7 +155,7 @@ def read_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, kind: str = "mas
     alpha), RGB and RGBA (colours). Any other mode is skipped as `unsupported_<kind>`.
     """
     data = _read_bytes(path, kind)
-    with decoder_errors(f"corrupt_{kind}", path), _pil_bomb_check_off(), Image.open(io.BytesIO(data)) as img:
+    with decoder_errors(f"corrupt_{kind}", path), pil_bomb_check_off(), Image.open(io.BytesIO(data)) as img:
         _check_pixels(path, *img.size, max_pixels)
         img.load()
         mode = img.mode

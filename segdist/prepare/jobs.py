@@ -10,7 +10,8 @@ from pathlib import Path
 
 from segdist.errors import DataError
 from segdist.format.cityscapes_labels import CLASSES, PALETTE
-from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, check_ignore_index, check_max_pixels, default_ignore_index
+from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, check_ignore_index, default_ignore_index
+from segdist.utils.images import check_max_pixels
 from segdist.utils.viz import default_palette
 
 

@@ -18,15 +18,39 @@ from contextlib import contextmanager
 
 
 def init_ray(workers: int | None, address: str | None) -> None:
-    """Join the cluster at `address`, or start a private local one without dashboard or usage reporting."""
+    """Join the cluster at `address`, or start a private local one: loopback only, no dashboard or usage reports."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats reporting thread
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local-only cluster
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # safe only because nothing listens beyond 127.0.0.1
+    with _loopback_only():
         ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Every port of the local cluster on 127.0.0.1 (Ray's default is the host's address and `::`).
+
+    Ray binds to the loopback interface where it treats clusters as unsupported (macOS, Windows);
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Linux do the same. Its constant is read when ray is
+    imported, so it is set on the imported module too; the node processes inherit the variable.
+    """
+    from ray._private import ray_constants
+
+    name, saved_env, saved = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, os.environ.get(
+        ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
 
 
 class _NoSigtermWarning(logging.Filter):

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from segdist.errors import DataError
-from segdist.utils.files import write_json_atomic
+from segdist.utils.files import is_plain_name, write_json_atomic
 
 
 class Staging:
@@ -78,6 +78,8 @@ class Staging:
         return done
 
     def _present(self, part: dict, promoting: bool) -> bool:
+        if not is_plain_name(part.get("name")):  # a record is data in a shared folder: never a path elsewhere
+            return False
         for where in (self.dir, self.out) if promoting else (self.dir,):
             path = where / part["name"]
             if path.is_file() and path.stat().st_size == part["bytes"]:

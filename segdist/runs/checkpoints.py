@@ -1,10 +1,14 @@
 """Checkpoints: written by every rank, complete only when every rank's files are in, published atomically.
 
-A checkpoint directory is written under a temporary name. accelerate's `save_state` writes the
-model, optimizer, scheduler and scaler from the main process and `random_states_<rank>.pkl` from
-every rank, with no barrier at its end; so all ranks first agree that their writes succeeded, then
-the main process checks that every rank's file is there, writes `segdist_complete.json` (the file
-list) and renames the directory into place. A directory without that file, or missing a file it
+A checkpoint directory is written under a temporary name. The main process writes the model
+(`model.safetensors`), the optimizer (`optimizer.bin`: tensors, numbers and strings only, read back
+with `torch.load(weights_only=True)`), the LR scheduler and the gradient scaler (`scheduler.json`,
+`scaler.json`), the EMA (`ema.safetensors`) and the loop state (`segdist_state.json`); every rank
+writes its RNG states (`random_states_<rank>.json`). Nothing is pickled, so loading a checkpoint
+never runs code (accelerate's `save_state`/`load_state` are not used: they unpickle registered
+objects with `weights_only=False` and swallow a failure to restore the RNG states). All ranks first
+agree that their writes succeeded, then the main process checks that every rank's file is there,
+writes `segdist_complete.json` (the file list) and renames the directory into place. A directory without that file, or missing a file it
 lists, is incomplete: `--resume` and evaluation skip it. `checkpoints/best` is a symbolic link to a
 `best_<step>` directory, replaced by an atomic rename, so there is always a complete best model.
 """
@@ -18,20 +22,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from segdist.distributed import any_rank
-from segdist.errors import DataError
+from segdist.errors import CheckpointError
+from segdist.runs.rng_state import legacy_rng, rng_state, set_rng_state
 from segdist.utils import faults
 
 STATE_FILE = "segdist_state.json"
 COMPLETE_FILE = "segdist_complete.json"
 WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
+OPTIMIZER_FILE = "optimizer.bin"
+SCHEDULER_FILE = "scheduler.json"
+SCALER_FILE = "scaler.json"
+INEXACT = ("the random draws of stochastic layers (dropout, drop path) differ from an uninterrupted run's; "
+           "the sample order and each sample's augmentation are kept")
 
 
-class CheckpointError(DataError):
-    """A checkpoint could not be written or read; the message names the path."""
+def rng_file(rank: int) -> str:
+    """Rank `rank`'s RNG states (Python, NumPy, torch CPU and CUDA) as JSON."""
+    return f"random_states_{rank}.json"
 
 
 def step_name(update: int) -> str:
@@ -74,12 +85,25 @@ def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     return found[-1] if found else None
 
 
-def save_training_state(accelerator, run_dir: Path, state: dict, ema=None) -> Path:  # noqa: ANN001
-    """Everything `--resume` needs (model, optimizer, scheduler, scaler, every rank's RNG, EMA, loop state)."""
+def save_training_state(accelerator, run_dir: Path, state: dict, model: torch.nn.Module,  # noqa: ANN001
+                        optimizer: torch.optim.Optimizer, scheduler=None, ema=None) -> Path:  # noqa: ANN001
+    """Everything `--resume` needs (model, optimizer, scheduler, scaler, every rank's RNG, EMA, loop state).
+
+    `scheduler` None: none built yet (a budget's calibration). See the module's docstring for the files.
+    """
     def write(tmp: Path) -> None:
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process and ema is not None:
-            save_file(_contiguous(ema.state_dict()), str(tmp / EMA_FILE))
+        tmp.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:
+            net = accelerator.unwrap_model(model, keep_torch_compile=False)
+            save_file(_contiguous(net.state_dict()), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            if scheduler is not None:
+                _write_json(tmp / SCHEDULER_FILE, scheduler_state(scheduler))
+            if accelerator.scaler is not None:
+                _write_json(tmp / SCALER_FILE, accelerator.scaler.state_dict())
+            if ema is not None:
+                save_file(_contiguous(ema.state_dict()), str(tmp / EMA_FILE))
+        _write_json(tmp / rng_file(accelerator.process_index), rng_state())
 
     final = run_dir / "checkpoints" / step_name(state["update"])
     return _publish(accelerator, final, state, write, ranks=accelerator.num_processes)
@@ -152,6 +176,127 @@ def _available(checkpoints: Path) -> str:
         f"{checkpoints} holds no complete checkpoint."
 
 
+def load_training_state(accelerator, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,  # noqa: ANN001
+                        scheduler, processes: int, inexact: bool = False) -> None:  # noqa: ANN001
+    """Restore a complete checkpoint's model, optimizer, scheduler, scaler and this rank's RNG states.
+
+    Nothing is unpickled: safetensors, JSON and `torch.load(weights_only=True)` only. A file that
+    cannot be restored raises CheckpointError naming it; with `inexact`, unrestorable RNG states are
+    said once and the run goes on. Ranks from `processes` (the checkpoint's process count) on have no
+    RNG file (a resume on more processes) and keep their seeded states.
+    """
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    with _restoring(path / WEIGHTS_FILE, "model's weights"):
+        weights = load_file(str(_present(path / WEIGHTS_FILE)))
+        net.load_state_dict({plain_key(k): v for k, v in weights.items()})
+    with _restoring(path / OPTIMIZER_FILE, "optimizer's state"):
+        optimizer.load_state_dict(torch.load(_present(path / OPTIMIZER_FILE), map_location="cpu", weights_only=True))
+    if scheduler is not None:
+        legacy = path / "custom_checkpoint_0.pkl"  # segdist <= 0.x: accelerate's pickle, read as plain data only
+        file = legacy if not (path / SCHEDULER_FILE).exists() and legacy.is_file() else path / SCHEDULER_FILE
+        with _restoring(file, "LR scheduler's state"):
+            saved = _read_json(file) if file.suffix == ".json" else torch.load(file, weights_only=True)
+            load_scheduler_state(scheduler, saved)
+    if accelerator.scaler is not None:
+        with _restoring(path / SCALER_FILE, "gradient scaler's state"):
+            saved, current = _read_json(_present(path / SCALER_FILE)), accelerator.scaler.state_dict()
+            _check_plain(saved, current)
+            accelerator.scaler.load_state_dict(saved)
+    _restore_rng(accelerator, path, processes, inexact)
+
+
+def scheduler_state(scheduler) -> dict:  # noqa: ANN001
+    """A LambdaLR's or ReduceLROnPlateau's state as JSON; LambdaLR's functions are left out (refit_schedule)."""
+    state = scheduler.state_dict()
+    state.pop("lr_lambdas", None)
+    return state
+
+
+def load_scheduler_state(scheduler, saved: dict) -> None:  # noqa: ANN001
+    """`scheduler_state`'s numbers back into `scheduler` (its LR functions are rebuilt by segdist, not loaded)."""
+    if isinstance(saved, dict):  # a legacy pickle's entry (None per plain function): never applied
+        saved = {k: v for k, v in saved.items() if k != "lr_lambdas"}
+    _check_plain(saved, scheduler_state(scheduler))
+    if hasattr(scheduler, "lr_lambdas"):
+        saved["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+    scheduler.load_state_dict(saved)
+
+
+def _restore_rng(accelerator, path: Path, processes: int, inexact: bool) -> None:  # noqa: ANN001
+    rank, problem = accelerator.process_index, None
+    if rank < processes:
+        file = path / rng_file(rank)
+        legacy = path / f"random_states_{rank}.pkl"  # accelerate's pickle (segdist <= 0.x)
+        file = legacy if not file.exists() and legacy.is_file() else file
+        try:
+            with _restoring(file, "random states"):
+                set_rng_state(_read_json(_present(file)) if file.suffix == ".json" else legacy_rng(file))
+        except CheckpointError as exc:
+            problem = str(exc)
+    if not any_rank(accelerator, problem is not None):
+        return
+    reason = _first_reason(accelerator, problem)
+    if not inexact:
+        raise CheckpointError(f"{reason}; without them the resume is not exact: pass --resume-inexact to continue "
+                              f"anyway ({INEXACT})")
+    if accelerator.is_main_process:
+        print(f"segdist: --resume-inexact: {reason}; continuing with freshly seeded random states: {INEXACT}",
+              flush=True)
+
+
+def _check_plain(saved, current: dict) -> None:  # noqa: ANN001
+    """`saved` has only keys `current` has, each a number, string, None or list of them like `current`'s."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"expected a mapping, found {type(saved).__name__}")
+    unknown = sorted(str(k) for k in set(saved) - set(current))
+    if unknown:
+        raise ValueError(f"unexpected entries {unknown[:5]}")
+    scalar = (int, float, str, type(None))
+    for key, value in saved.items():
+        plain = isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
+        if not plain or isinstance(value, list) != isinstance(current[key], list | tuple):
+            raise ValueError(f"{key} is {value!r:.60}")
+
+
+def plain_key(key: str) -> str:
+    """A state-dict key without the prefixes DDP (`module.`) and torch.compile (`_orig_mod.`) add."""
+    for prefix in ("_orig_mod.", "module."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def _present(file: Path) -> Path:
+    if not file.is_file():
+        older = " (the directory holds pickled states of an older segdist, which are never loaded)" \
+            if any(file.parent.glob("*.pkl")) else ""
+        raise FileNotFoundError(f"the file is missing{older}")
+    return file
+
+
+class _restoring:
+    """Any error inside becomes a CheckpointError naming `file` and what it holds."""
+
+    def __init__(self, file: Path, what: str) -> None:
+        self.file, self.what = file, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:  # noqa: ANN001
+        if exc is None or isinstance(exc, CheckpointError) or not isinstance(exc, Exception):
+            return False
+        # a bad file surfaces as pickle (weights_only refusals), zip, safetensors, JSON, key or shape errors
+        raise CheckpointError(f"{self.file}: cannot restore the {self.what} ({type(exc).__name__}: {exc})") from None
+
+
+def _read_json(file: Path):  # noqa: ANN202
+    return json.loads(file.read_text())
+
+
+def _write_json(file: Path, data: dict) -> None:
+    file.write_text(json.dumps(data))
+
+
 def nonfinite_weights(model: torch.nn.Module) -> list[str]:
     """Names of parameters and buffers holding NaN or inf."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
@@ -206,7 +351,7 @@ def _first_reason(accelerator, mine: str | None) -> str:  # noqa: ANN001
 
 def _mark_complete(tmp: Path, ranks: int) -> None:
     files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    missing = [f"random_states_{r}.pkl" for r in range(ranks) if f"random_states_{r}.pkl" not in files]
+    missing = [rng_file(r) for r in range(ranks) if rng_file(r) not in files]
     if missing:
         raise CheckpointError(f"{tmp}: every rank reported success but {', '.join(missing)} is missing")
     marker = tmp / COMPLETE_FILE

@@ -112,13 +112,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise DataError(f"model.init_from {path}: cannot read the weights ({type(exc).__name__}: {exc})") from None
     if path.name == checkpoints.EMA_FILE:
         state = model_weights(state)
-    return {_plain_key(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {checkpoints.plain_key(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-
-def _plain_key(key: str) -> str:
-    for prefix in ("_orig_mod.", "module."):
-        key = key.removeprefix(prefix)
-    return key
 
 
 def check_encoder_matches(report: InitReport, target: dict, weights: dict, encoder: str) -> None:

@@ -21,12 +21,14 @@ from segdist.data.augment import Normalizer, eval_input
 from segdist.data.info import DatasetInfo, normalization
 from segdist.distributed import inference_precision
 from segdist.errors import DataError
+from segdist.format.manifest import check_names
 from segdist.models import build_from_config, use_channels_last
 from segdist.models.aux_head import remove_aux_head
 from segdist.models.inference import NO_TTA, TTA, autocast, check_mode, infer_each, labels_at, parse_tta
 from segdist.runs import checkpoints
 from segdist.runs.ema import model_weights
-from segdist.utils.images import decode_rgb
+from segdist.storage import kind
+from segdist.utils.images import DEFAULT_MAX_PIXELS, decode_rgb
 
 CHECKPOINT_CHOICES = "best, last or a checkpoint path"
 
@@ -81,7 +83,7 @@ class Run(DatasetInfo):
 
     def predict(self, image: np.ndarray | str | Path, *, mode: str = "whole", crop: Sequence[int] | None = None,
                 stride: Sequence[int] | None = None, tta: TTA | str | None = None,
-                device: str | torch.device | None = None) -> np.ndarray:
+                device: str | torch.device | None = None, max_pixels: int | None = None) -> np.ndarray:
         """The class map of one image, at the image's own size, exactly as `segdist predict` computes it.
 
         Args:
@@ -90,6 +92,7 @@ class Run(DatasetInfo):
             mode: "whole" (default) or "slide" (with `crop` and `stride`, each [H, W]).
             tta: None, "flip", "scales=0.5,1.0,1.5[,flip]" or a `TTA`.
             device: where to run (default: CUDA when there is one, else the CPU).
+            max_pixels: a larger image file is refused from its header (default: the run's data.max_pixels).
 
         Returns:
             An HxW array of class ids (int64), the image's height and width.
@@ -99,7 +102,7 @@ class Run(DatasetInfo):
             >>> classes = run.predict("photo.jpg", tta="flip")
             >>> classes.shape, run.classes[classes[0, 0]]
         """
-        rgb = read_rgb(image)
+        rgb = read_rgb(image, max_pixels or self.config.data.max_pixels)
         tta = parse_tta(tta) if isinstance(tta, str) or tta is None else tta
         check_mode(mode, crop, stride)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -107,16 +110,16 @@ class Run(DatasetInfo):
                              crop=crop, stride=stride, tta=tta)[0]
 
 
-def read_rgb(image: np.ndarray | str | Path) -> np.ndarray:
-    """An RGB uint8 HxWx3 array as given, or read from a file on its stored pixel grid."""
+def read_rgb(image: np.ndarray | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An RGB uint8 HxWx3 array as given, or read from a file on its stored pixel grid (at most `max_pixels`)."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise DataError(f"predict takes an RGB uint8 HxWx3 array, got {image.dtype} {image.shape}")
         return image
     path = Path(image)
     try:
-        rgb = decode_rgb(np.fromfile(path, np.uint8))
-    except (OSError, ValueError) as exc:
+        rgb = decode_rgb(np.fromfile(path, np.uint8), max_pixels=max_pixels)
+    except (OSError, ValueError) as exc:  # TooManyPixels is a ValueError
         raise DataError(f"{path}: cannot read the image ({exc})") from None
     if rgb is None:
         raise DataError(f"{path}: not a decodable image")
@@ -129,16 +132,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     With `train.ema_decay` set, the model holds the checkpoint's moving average of the weights.
     """
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "dataset.json"):
-        if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir} is not a segdist run: {name} is missing (runs are written by `segdist train`)")
-    try:
-        config = load_config(run_dir / "config.yaml")
-    except ConfigError as exc:
-        raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    config = run_config(run_dir)
     # the precision inference runs in: `accelerate launch --mixed_precision`'s where given, else the run's
     config.train.mixed_precision = inference_precision(config.train.mixed_precision)
-    manifest = json.loads((run_dir / "dataset.json").read_text())
+    manifest = check_names(json.loads((run_dir / "dataset.json").read_text()), run_dir / "dataset.json")
     path = checkpoints.resolve(run_dir, checkpoint)
     weights = checkpoints.weights_file(path, ema=config.train.ema_decay is not None)
     # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
@@ -149,12 +146,38 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     return Run(run_dir, manifest, config, weights, state.get("update"), model.eval())
 
 
+def run_config(run_dir: Path) -> Config:
+    """`run_dir`'s config.yaml, once config.yaml and dataset.json are known to be there."""
+    for name in ("config.yaml", "dataset.json"):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{run_dir} is not a segdist run: {name} is missing (runs are written by `segdist train`)")
+    try:
+        return load_config(run_dir / "config.yaml")
+    except ConfigError as exc:
+        raise DataError(f"{run_dir / 'config.yaml'}: {exc}") from None
+
+
+def run_shards(run_dir: str | Path) -> str:
+    """The dataset `run_dir` was trained on (its config.yaml's data.shards), read before any model is loaded.
+
+    A `pipe:` command there is refused: a run directory may come from someone else, and a command
+    runs only when the user's own command line or recipe names it (`segdist evaluate --shards`).
+    """
+    run_dir = Path(run_dir)
+    shards = str(run_config(run_dir).data.shards)
+    if kind(shards) == "pipe":
+        raise DataError(f"{run_dir / 'config.yaml'}: data.shards is a pipe: command, which segdist does not run "
+                        "from a run directory; give the dataset with --shards (e.g. --shards 'pipe:...{name}' "
+                        "when you trust that command)")
+    return shards
+
+
 def load_weights(model: torch.nn.Module, weights: Path) -> None:
     """Load a safetensors state dict strictly, tolerating torch.compile / DDP key prefixes."""
     state = load_file(str(weights))
     if weights.name == checkpoints.EMA_FILE:
         state = model_weights(state)
-    state = {_strip_prefixes(k): v for k, v in state.items()}
+    state = {checkpoints.plain_key(k): v for k, v in state.items()}
     missing, unexpected = (sorted(keys) for keys in _key_mismatch(model, state))
     if missing or unexpected:
         raise DataError(f"{weights} does not fit the run's model: missing {missing[:5]}, unexpected {unexpected[:5]} "
@@ -164,11 +187,6 @@ def load_weights(model: torch.nn.Module, weights: Path) -> None:
     except RuntimeError as exc:  # shape mismatches, e.g. a checkpoint of another run with other classes
         raise DataError(f"{weights} does not fit the run's model: {exc}") from None
 
-
-def _strip_prefixes(key: str) -> str:
-    for prefix in ("_orig_mod.", "module."):
-        key = key.removeprefix(prefix)
-    return key
 
 
 def _key_mismatch(model: torch.nn.Module, state: dict) -> tuple[set, set]:

@@ -1,11 +1,12 @@
 """Shards anywhere: read and write objects at a local path, `http(s)://`, `s3://` or `pipe:`.
 
 The one place that knows about URLs, retries and the node-local cache. Loaders call
-`open_stream(url, start=, end=, retry=, stats=, cache_dir=)` and count `ShardUnavailable`;
+`open_stream(url, start=, end=, retry=, stats=, cache_dir=, expected=)` and count `ShardUnavailable`
+(`expected`: the shard's size and sha256 from dataset.json, checked where that is cheap);
 prepare publishes finished files with `publish_file` and the manifest last.
 
     urls.py     URL kinds and join          retry.py   RetryPolicy, StorageStats, ShardUnavailable
-    stream.py   resumable reader            cache.py   node-local shard cache (flock, LRU)
+    stream.py   resumable reader            cache.py   node-local shard cache (flock, LRU, verified)
     http.py     urllib ranged GET           s3.py      s3fs ranged GET, put, list (per process)
     pipe.py     `pipe:COMMAND` (restart and skip)      objects.py  the public operations
 """

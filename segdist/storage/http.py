@@ -14,6 +14,7 @@ import re
 import urllib.error
 import urllib.request
 
+from ..utils.secrets import redact, split_userinfo
 from .retry import HTTPStatusError, PermanentError
 
 USER_AGENT = "segdist-storage"
@@ -38,7 +39,7 @@ def open_http(url: str, start: int, end: int | None, timeout: float) -> HTTPBody
     if start or end is not None:
         headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = urllib.request.urlopen(request(url, headers), timeout=timeout)
     except urllib.error.HTTPError as error:
         error.close()
         if error.code == 416:  # the range starts at or past the end: nothing to read
@@ -59,15 +60,22 @@ def open_http(url: str, start: int, end: int | None, timeout: float) -> HTTPBody
 
 def head_status(url: str, timeout: float) -> int:
     """The status of a HEAD request (404 answered, not raised)."""
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request(url, {"User-Agent": USER_AGENT}, "HEAD"), timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as error:
         error.close()
         if error.code in (404, 410):
             return error.code
         raise HTTPStatusError(url, error.code, str(error.reason)) from None
+
+
+def request(url: str, headers: dict, method: str | None = None) -> urllib.request.Request:
+    """A Request for `url`; `user:password@` in it is sent as HTTP Basic auth (urllib would take it for the host)."""
+    url, authorization = split_userinfo(url)
+    if authorization is not None:
+        headers = {**headers, "Authorization": authorization}
+    return urllib.request.Request(url, headers=headers, method=method)
 
 
 def _content_range_start(header: str) -> int | None:
@@ -79,7 +87,7 @@ def _skip(response, count: int, url: str) -> None:
     while count:
         chunk = response.read(min(count, 1 << 20))
         if not chunk:
-            raise ConnectionError(f"{url}: body ended while skipping to the resume offset")
+            raise ConnectionError(f"{redact(url)}: body ended while skipping to the resume offset")
         count -= len(chunk)
 
 

@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
+from ..utils.checksums import Digest
+from ..utils.secrets import redact
 from . import urls
 from .cache import ShardCache
-from .retry import RetryPolicy, StorageStats, with_retries
+from .retry import Attempts, ChecksumMismatch, RetryPolicy, StorageStats, give_up, with_retries
 from .stream import open_uncached
 
 DEFAULT_POLICY = RetryPolicy()
@@ -18,23 +20,22 @@ DEFAULT_POLICY = RetryPolicy()
 
 def open_stream(url: urls.Url, *, start: int = 0, end: int | None = None, retry: RetryPolicy = DEFAULT_POLICY,
                 stats: StorageStats | None = None, cache_dir: str | os.PathLike | None = None,
-                cache_max_bytes: int | None = None) -> BinaryIO:
+                cache_max_bytes: int | None = None, expected: Digest | None = None) -> BinaryIO:
     """Bytes [start, end) of `url` as a binary file object that retries and resumes on its own.
 
     With `cache_dir`, a remote object is first downloaded whole into the node's cache (once, even
-    with many processes asking) and read from there. Raises ShardUnavailable when the object
-    cannot be had within `retry`; `stats` (default: this process's) counts retries and give-ups.
+    with many processes asking) and read from there. `expected` (the shard's size and sha256 from
+    dataset.json) is checked where it is cheap: a local file's size on open, a cached download's
+    size and hash before it is published (a mismatch is downloaded again within `retry`). Raises
+    ShardUnavailable when the object cannot be had (or not as expected) within `retry`; `stats`
+    (default: this process's) counts retries and give-ups.
     """
     url = str(url)
+    if urls.kind(url) == "local":
+        _check_local_size(url, expected, stats)
     if cache_dir is None or urls.kind(url) == "local":
         return open_uncached(url, start, end, retry, stats)
-    cache = ShardCache(cache_dir, cache_max_bytes)
-
-    def download(target: BinaryIO) -> None:
-        with open_uncached(url, 0, None, retry, stats) as source:
-            shutil.copyfileobj(source, target, 1 << 20)
-
-    path, release = cache.acquire(url, download)
+    path, release = _acquire_verified(ShardCache(cache_dir, cache_max_bytes), url, expected, retry, stats)
     try:
         stream = open_uncached(str(path), start, end, retry, stats)
     except BaseException:
@@ -42,6 +43,34 @@ def open_stream(url: urls.Url, *, start: int = 0, end: int | None = None, retry:
         raise
     stream.raw.on_close.append(release)
     return stream
+
+
+def _check_local_size(url: str, expected: Digest | None, stats: StorageStats | None) -> None:
+    """Give up on a local shard whose size is not the recorded one (no retry mends a file on disk)."""
+    if expected is None:
+        return
+    try:
+        size = urls.local_path(url).stat().st_size
+    except FileNotFoundError:
+        return  # reported by the open, as before
+    if size != expected.size:
+        give_up(url, f"size {size} bytes, dataset.json records {expected.size}: changed or truncated after "
+                     "prepare", stats)
+
+
+def _acquire_verified(cache: ShardCache, url: str, expected: Digest | None, retry: RetryPolicy,
+                      stats: StorageStats | None) -> tuple[Path, Callable[[], None]]:
+    """The cache's file of `url`; a download that is not `expected` is fetched again, then given up."""
+    def download(target: BinaryIO) -> None:
+        with open_uncached(url, 0, None, retry, stats) as source:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+    attempts = Attempts(url, retry, stats)
+    while True:
+        try:
+            return cache.acquire(url, download, expected)
+        except ChecksumMismatch as error:
+            attempts.failed(error)
 
 
 def read_bytes(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None) -> bytes:
@@ -54,7 +83,7 @@ def read_json(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: Stor
     try:
         return json.loads(data)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{url}: not valid JSON ({error})") from None
+        raise ValueError(f"{redact(url)}: not valid JSON ({error})") from None
 
 
 def publish_file(local_path: str | os.PathLike, url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
@@ -115,6 +144,6 @@ def delete(url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY, stats: Storage
 def _local_only(url: str, action: str) -> Path:
     """The local path of `url`; http and pipe sources can only be read (no writing, no listing)."""
     if urls.kind(url) in ("http", "pipe"):
-        raise ValueError(f"cannot {action} {url}: {urls.kind(url)} sources can only be read "
+        raise ValueError(f"cannot {action} {redact(url)}: {urls.kind(url)} sources can only be read "
                          f"(use a local directory or an s3:// prefix)")
     return urls.local_path(url)

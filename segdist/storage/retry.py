@@ -7,7 +7,9 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
+
+from ..utils.secrets import redact
 
 T = TypeVar("T")
 
@@ -31,11 +33,19 @@ class ShardUnavailable(OSError):
     """
 
     def __init__(self, url: str, reason: str, attempts: int):
-        super().__init__(f"{url}: {reason} (gave up after {attempts} attempt{'s' * (attempts != 1)})")
+        super().__init__(f"{redact(url)}: {redact(reason, url)} (gave up after {attempts} attempt{'s' * (attempts != 1)})")
         self.url, self.reason, self.attempts = url, reason, attempts
 
     def __reduce__(self):  # picklable, so it can cross a DataLoader worker boundary
         return type(self), (self.url, self.reason, self.attempts)
+
+
+class ChecksumMismatch(OSError):
+    """A download that is not the shard dataset.json describes (size or sha256).
+
+    Transient: fetched again within the retry budget, since a proxy or an object being replaced
+    may have served a bad copy; a shard that stays wrong is given up like an unreachable one.
+    """
 
 
 class HTTPStatusError(OSError):
@@ -76,11 +86,11 @@ class StorageStats:
 
     def record_retry(self, url: str) -> None:
         self.retries += 1
-        self.retried[url] += 1
+        self.retried[redact(url)] += 1  # reported (log, summary.json): no credential
 
     def record_give_up(self, url: str, reason: str) -> None:
         self.give_ups += 1
-        self.unavailable[url] = reason
+        self.unavailable[redact(url)] = redact(reason, url)
 
     def merge(self, other: StorageStats | dict) -> StorageStats:
         """Add another process's counts (a StorageStats or its `as_dict()`)."""
@@ -147,7 +157,7 @@ def _is_client_library_error(error: BaseException) -> bool:
 
 def describe(error: BaseException) -> str:
     """A one-line reason for reports: the error's type and message, and the HTTP status if any."""
-    text = str(error) or type(error).__name__
+    text = redact(str(error)) or type(error).__name__
     text = f"{type(error).__name__}: {text}" if type(error).__name__ not in text else text
     status = boto_status(error)
     return f"HTTP {status}, {text}" if status is not None else text
@@ -163,7 +173,7 @@ class Attempts:
 
     def failed(self, error: BaseException) -> None:
         self.failures += 1
-        reason = describe(error)
+        reason = redact(describe(error), self.url)  # also what a failing command echoed of its credentials
         if not is_transient(error):
             self.give_up(reason)
         delay = self.policy.delay(self.failures)
@@ -175,9 +185,14 @@ class Attempts:
         time.sleep(delay)
         self.waited += delay
 
-    def give_up(self, reason: str):
-        self.stats.record_give_up(self.url, reason)
-        raise ShardUnavailable(self.url, reason, self.failures)
+    def give_up(self, reason: str) -> NoReturn:
+        give_up(self.url, reason, self.stats, self.failures)
+
+
+def give_up(url: str, reason: str, stats: StorageStats | None, attempts: int = 1) -> NoReturn:
+    """Count `url` as unavailable for `reason` and raise the ShardUnavailable that loaders skip it on."""
+    (stats if stats is not None else process_stats()).record_give_up(url, reason)
+    raise ShardUnavailable(url, reason, attempts)
 
 
 def with_retries(url: str, operation: Callable[[], T], policy: RetryPolicy, stats: StorageStats | None) -> T:

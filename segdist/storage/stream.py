@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from typing import BinaryIO, Callable, Protocol
 
+from ..utils.secrets import redact
 from . import urls
 from .retry import Attempts, RetryPolicy, ShardUnavailable, StorageStats
 
@@ -131,6 +132,6 @@ def body_opener(url: str, policy: RetryPolicy) -> Callable[[int, int | None], Bo
 def open_uncached(url: str, start: int, end: int | None, policy: RetryPolicy,
                   stats: StorageStats | None) -> BinaryIO:
     if start < 0 or (end is not None and end < start):
-        raise ValueError(f"{url}: bad byte range [{start}, {end})")
+        raise ValueError(f"{redact(url)}: bad byte range [{start}, {end})")
     reader = ResumableReader(url, body_opener(url, policy), start, end, policy, stats)
     return io.BufferedReader(reader, buffer_size=BUFFER)

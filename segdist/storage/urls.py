@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from pathlib import Path
+
+from segdist.utils.files import check_plain_name
+from segdist.utils.secrets import redact
 
 Url = str | os.PathLike
 REMOTE_SCHEMES = ("http://", "https://", "s3://")
@@ -39,16 +43,24 @@ def join(base: Url, name: str) -> str:
 
     A pipe command cannot be joined by appending, so it names the place of the shard name:
     `join("pipe:curl -fsS http://host/data/{name}", "train-000000.tar")`.
+
+    `name` comes from data (a manifest's shard list), so it must be a plain file name
+    (utils.files.PLAIN_NAME: no `/`, `..`, absolute path, NUL or shell syntax), which keeps the
+    result inside `base`; a DataError otherwise. In a pipe command it is shell-quoted as well.
     """
     text = str(base)
+    check_plain_name(name, "the name of an object in a dataset directory or URL prefix")
     kind_ = kind(text)
     if kind_ == "pipe":
         if NAME_FIELD not in text:
-            raise ValueError(f"{text!r}: a pipe: source needs a {NAME_FIELD} placeholder for the shard name, "
+            raise ValueError(f"{redact(text)!r}: a pipe: source needs a {NAME_FIELD} placeholder for the shard name, "
                              f"e.g. 'pipe:curl -fsS http://host/data/{NAME_FIELD}'")
-        return text.replace(NAME_FIELD, name)
+        return text.replace(NAME_FIELD, shlex.quote(name))
     if kind_ == "local":
         return str(local_path(text) / name)
+    if kind_ == "http" and "?" in text:  # a query (`?token=...`) goes with every object under the prefix
+        prefix, _, query = text.partition("?")
+        return join(prefix, name) + "?" + query
     return posixpath.join(text if text.endswith("/") else text + "/", name)
 
 

@@ -63,6 +63,7 @@ class Check:
 CHECK_AFTER = 20  # optimizer steps: the fewest whose mean step time is taken as the pace
 CHECKS_UNTIL = 0.9  # no check in the last tenth of the plan: too few steps left to act on
 TIMED_FROM = 3  # the first updates carry the loader's start-up, a one-off cost
+PACE_UPDATES = CHECK_AFTER - TIMED_FROM  # timed updates a check needs (a frozen phase's are not timed: a check waits)
 MAX_GROWTH = 2  # checks may at most double the planned step count (the loader is opened that far)
 
 
@@ -161,7 +162,7 @@ def _checkpoint_cost(s, folder) -> float:  # noqa: ANN001
     """Seconds to write one complete step checkpoint, through the same code as training's."""
     start = time.perf_counter()
     checkpoints.nonfinite_weights(s.accelerator.unwrap_model(s.model))
-    checkpoints.save_training_state(s.accelerator, folder, s.state, s.ema)
+    checkpoints.save_training_state(s.accelerator, folder, s.state, s.model, s.optimizer, s.scheduler, s.ema)
     agree(s.accelerator, 0.0)
     return time.perf_counter() - start
 

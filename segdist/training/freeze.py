@@ -37,6 +37,12 @@ def is_frozen(update: int, unfreeze_at: int) -> bool:
     return unfreeze_at == WHOLE_RUN or update < unfreeze_at
 
 
+def timed_as_calibrated(update: int, unfreeze_at: int) -> bool:
+    """Whether 0-based `update` costs what a budget's calibration measured: a freeze that ends later
+    is not in force at calibration, and its steps (no encoder backward) are faster than the plan's."""
+    return unfreeze_at == WHOLE_RUN or update >= unfreeze_at
+
+
 def encoder_of(model: nn.Module) -> nn.Module:
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module):

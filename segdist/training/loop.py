@@ -30,7 +30,7 @@ from segdist.data.train_loader import train_loader
 from segdist.errors import CheckpointError
 from segdist.runs import checkpoints
 from segdist.training import freeze
-from segdist.training.budget import MAX_GROWTH, planned_steps, replan
+from segdist.training.budget import MAX_GROWTH, PACE_UPDATES, planned_steps, replan
 from segdist.training.logbook import finish, flush_log, log_interval
 from segdist.training.optim import is_plateau, refit_schedule
 from segdist.training.session import Session, setup, start
@@ -39,9 +39,9 @@ from segdist.training.validation import evaluate
 from segdist.utils import faults
 
 
-def main(cfg: Config, resume: str | None = None, overwrite: bool = False) -> dict:
+def main(cfg: Config, resume: str | None = None, overwrite: bool = False, resume_inexact: bool = False) -> dict:
     """Train as configured; returns the final summary (also written to summary.json)."""
-    s = setup(cfg, resume, started=time.time(), overwrite=overwrite)
+    s = setup(cfg, resume, started=time.time(), overwrite=overwrite, resume_inexact=resume_inexact)
     start(s, planned_steps(s))
     stop = "done"
     # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
@@ -98,7 +98,8 @@ def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
         outcome = optimizer_step(s, pending_loss / micro)
         record_samples(s)
         pending_loss, micro = torch.zeros((), device=accelerator.device), 0
-        s.step_clock.add(state["update"], time.perf_counter() - update_began)
+        if freeze.timed_as_calibrated(state["update"] - 1, state["unfreeze_at"]):
+            s.step_clock.add(state["update"], time.perf_counter() - update_began)
         if outcome != "done":
             return outcome
         after_update(s, bar, epoch_end)
@@ -149,7 +150,7 @@ def after_update(s: Session, bar: tqdm, epoch_end: int) -> None:
     update, cfg = s.state["update"], s.cfg
     if update % cfg.train.log_every == 0:
         log_interval(s, bar)
-    if s.budget_check and update >= s.budget_check.at_update:
+    if s.budget_check and update >= s.budget_check.at_update and s.step_clock.updates >= PACE_UPDATES:
         check_budget(s, bar)
     every = cfg.train.checkpoint_every
     if every and update % every == 0 and s.state["batch"] < epoch_end:
@@ -214,7 +215,7 @@ def save_checkpoint(s: Session) -> None:
     bad = checkpoints.nonfinite_weights(s.accelerator.unwrap_model(s.model))
     if bad:
         raise CheckpointError(f"refusing to checkpoint non-finite weights ({bad[:3]}) at step {s.state['update']}")
-    checkpoints.save_training_state(s.accelerator, s.run_dir, s.state, s.ema)
+    checkpoints.save_training_state(s.accelerator, s.run_dir, s.state, s.model, s.optimizer, s.scheduler, s.ema)
     faults.hit("kill_after_checkpoint")
     if s.main:
         checkpoints.prune(s.run_dir, s.cfg.train.keep_last)

@@ -34,6 +34,7 @@ from segdist.training.budget import Check, StepClock
 from segdist.training.logbook import Interval, truncate_log
 from segdist.training.optim import build_criterion, build_optimizer, build_scheduler, refit_schedule
 from segdist.utils.files import write_json_atomic
+from segdist.utils.secrets import redact
 
 
 class StopRequested:
@@ -80,6 +81,7 @@ class Session:
     step_clock: StepClock = field(default_factory=StepClock)
     budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
     step_keys: list = field(default_factory=list)  # sample keys of this rank's micro-batches since the last update
+    resume_inexact: bool = False  # --resume-inexact: go on when the checkpoint's RNG states cannot be restored
 
     @property
     def per_epoch(self) -> int:
@@ -104,11 +106,15 @@ def new_state() -> dict:
             "unfreeze_at": 0}  # the step from which the encoder trains (training.freeze.unfreeze_step)
 
 
-def setup(cfg: Config, resume: str | None, started: float | None = None, overwrite: bool = False) -> Session:
+def setup(cfg: Config, resume: str | None, started: float | None = None, overwrite: bool = False,
+          resume_inexact: bool = False) -> Session:
     """Process group, run directory, data, model, optimizer and the checkpoint to resume from.
 
     `overwrite` deletes an earlier run's directory of the same name (after every check, before any write).
+    `resume_inexact`: a checkpoint whose RNG states cannot be restored is resumed anyway (said once).
     """
+    if resume_inexact and resume is None:
+        raise ConfigError("--resume-inexact applies to a resume: add --resume or --resume-from")
     from accelerate.utils import set_seed
 
     from segdist.models import use_channels_last
@@ -148,7 +154,7 @@ def setup(cfg: Config, resume: str | None, started: float | None = None, overwri
         model = torch.compile(model)
     return Session(cfg, info, accelerator, run_dir, model, optimizer, build_criterion(cfg, info).to(accelerator.device),
                    Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, plan, resume_from,
-                   channels_last, time.time() if started is None else started)
+                   channels_last, time.time() if started is None else started, resume_inexact=resume_inexact)
 
 
 def initial_model(cfg: Config, info: DatasetInfo, accelerator, run_dir: Path,  # noqa: ANN001
@@ -219,8 +225,7 @@ def start(s: Session, steps: int) -> None:
         save_config(cfg, s.run_dir / "config.yaml")
     s.total_batches = steps * cfg.optim.accumulate
     s.scheduler = build_scheduler(cfg.optim, s.optimizer, steps)
-    accelerator.register_for_checkpointing(s.scheduler)
-    # Stochastic layers (dropout) draw differently on each rank; accelerate saves every rank's RNG.
+    # Stochastic layers (dropout) draw differently on each rank; checkpoints save every rank's RNG.
     set_seed(cfg.train.seed, device_specific=True)
     if s.resume_from is not None:
         restore(s, s.resume_from)
@@ -230,7 +235,7 @@ def start(s: Session, steps: int) -> None:
         truncate_log(s.run_dir / "train_log.jsonl", s.state["update"])
         truncate_log(s.run_dir / "samples.jsonl", s.state["update"])
     accelerator.wait_for_everyone()  # no rank appends to samples.jsonl before it is cut back to the checkpoint
-    s.say(f"training {cfg.model.arch}/{cfg.model.encoder} on {s.info.root} ({s.info.num_classes} classes), "
+    s.say(f"training {cfg.model.arch}/{cfg.model.encoder} on {redact(s.info.root)} ({s.info.num_classes} classes), "
           f"{accelerator.num_processes} process(es) on {accelerator.device}, {s.per_epoch} batches of "
           f"{cfg.data.batch_size} per process per epoch, {s.state['max_steps']} optimizer steps; each epoch "
           f"{s.plan.samples_per_epoch} of {s.plan.epoch_length} samples in global batches of "
@@ -238,17 +243,22 @@ def start(s: Session, steps: int) -> None:
 
 
 def restore(s: Session, path: Path) -> None:
-    """Load a complete checkpoint: weights, optimizer, scheduler, scaler, every rank's RNG, EMA, state."""
+    """Load a complete checkpoint: weights, optimizer, scheduler, scaler, every rank's RNG, EMA, state.
+
+    Nothing in it is unpickled (runs.checkpoints.load_training_state).
+    """
     from safetensors.torch import load_file
 
-    s.accelerator.load_state(str(path))
+    checkpoints.load_training_state(s.accelerator, path, s.model, s.optimizer, s.scheduler,
+                                    saved_state(path)["shape"]["processes"], inexact=s.resume_inexact)
     if s.ema is not None:
         ema_file = path / checkpoints.EMA_FILE
         if not ema_file.is_file():
             raise CheckpointError(f"{path} has no {checkpoints.EMA_FILE} but train.ema_decay is set")
         s.ema.load_state_dict(load_file(str(ema_file)))
     saved = saved_state(path)
-    s.state.update(saved, order=s.plan.state(), shape=vars(s.plan.shape).copy())
+    skipped = {**dict.fromkeys(SKIP_REASONS, 0), **saved.get("data_skipped", {})}  # reasons added since it was saved
+    s.state.update(saved, data_skipped=skipped, order=s.plan.state(), shape=vars(s.plan.shape).copy())
     rescale_batches(s, saved["shape"]["accumulate"])
     s.say(f"resumed from {path} at step {s.state['update']}")
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from segdist.config import Config
 from segdist.errors import DataError
+from segdist.utils.secrets import redact
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "aim": "aim",
             "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive"}  # tracker -> what to install
@@ -47,11 +48,14 @@ def start(accelerator, cfg: Config, run_dir: Path) -> None:  # noqa: ANN001
 
 
 def flat_config(cfg: Config) -> dict:
-    """{'optim.lr': 0.001, ...} with lists and None as strings (what every tracker accepts as a parameter)."""
+    """{'optim.lr': 0.001, ...} with lists and None as strings (what every tracker accepts as a parameter).
+
+    Credentials (in `data.shards` and any other string) are masked: trackers send parameters to servers.
+    """
     flat = {}
     for section, values in cfg.to_dict().items():
         for key, value in values.items():
-            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, bool)) else redact(value)
     return flat
 
 
