@@ -25,7 +25,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
-         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1",
+         "data.val_batch_size=4", "data.workers=1", "data.shuffle_window=16", "train.log_every=1",
          "data.epoch_samples=64", "train.checkpoint_every=2", "train.collective_timeout=30"]
 
 

@@ -36,7 +36,7 @@ SAME_AS_PLAIN = ["model.arch=unet", "model.encoder=resnet18", "data.crop_size=[1
                  "data.workers=1", "data.scale_range=[0.5,2.0]", "data.hflip=0.5", "data.normalize=imagenet",
                  "optim.name=adam", "optim.lr=0.001", "optim.weight_decay=0.0", "optim.scheduler=constant",
                  "loss.name=ce", "train.val_every=1000", "train.log_every=10", "data.epoch_samples=100000",
-                 "data.shuffle_buffer=64", "data.base_size=null"]  # demo.yaml shrinks inputs: not here
+                 "data.shuffle_window=64", "data.base_size=null"]  # demo.yaml shrinks inputs: not here
 
 
 def prepare_camvid(out: Path) -> Path:

@@ -150,6 +150,16 @@ def any_rank(accelerator, flag: bool) -> bool:  # noqa: ANN001
     return agree(accelerator, float(flag))[0] > 0
 
 
+def first_reason(accelerator, mine: str | None) -> str:  # noqa: ANN001
+    """The first failing rank's error, known on every rank (whichever rank prints it, it names the cause)."""
+    reasons = [mine]
+    if accelerator.num_processes > 1:
+        reasons = [None] * accelerator.num_processes
+        torch.distributed.all_gather_object(reasons, mine)
+    rank, reason = next((r, text) for r, text in enumerate(reasons) if text)
+    return reason if accelerator.num_processes == 1 else f"rank {rank}: {reason}"
+
+
 def _store():  # noqa: ANN202
     """A client of the launcher's key-value store, or None without one (a plain single process)."""
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")

@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory, ray_cluster):
     cmd = [sys.executable, "-m", "segdist", "train", "--config", str(repo / "configs/demo.yaml"),
            f"data.shards={root / 'shards'}", f"train.runs_dir={root / 'runs'}", "train.name=tiny",
            "train.max_steps=2", "data.crop_size=[64,64]", "data.base_size=80", "data.val_size=64",
-           "data.batch_size=4", "data.val_batch_size=4", "data.workers=0", "data.shuffle_buffer=8"]
+           "data.batch_size=4", "data.val_batch_size=4", "data.workers=0", "data.shuffle_window=8"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return root / "runs" / "tiny"

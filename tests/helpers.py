@@ -93,7 +93,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (weights, EMA and Adam state of the demo's U-Net-ResNet10t). DEMO_MODEL puts that model back
 # for the tests that need its capacity or its checkpoint size.
 SMALL = ["data.crop_size=[64,64]", "data.base_size=96", "data.val_size=96", "data.batch_size=4",
-         "data.val_batch_size=4", "data.workers=1", "data.shuffle_buffer=16", "train.log_every=1",
+         "data.val_batch_size=4", "data.workers=1", "data.shuffle_window=16", "train.log_every=1",
          "model.encoder=test_resnet", "model.arch_kwargs={decoder_channels: [16, 16, 16, 16, 16]}"]
 DEMO_MODEL = ["model.encoder=resnet10t", "model.arch_kwargs={}"]
 

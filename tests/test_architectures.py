@@ -116,7 +116,7 @@ def test_dpt_trains_on_two_processes_and_exports_from_the_cli(tiny_run: Path, tm
            "model.arch=dpt", "model.encoder=test_vit", "model.decoder_dropout=0.1",
            "model.arch_kwargs={decoder_intermediate_channels: [16, 16, 16, 16], decoder_fusion_channels: 16}",
            "train.max_steps=2", "data.crop_size=[64,64]", "data.base_size=80", "data.val_size=64",
-           "data.batch_size=2", "data.val_batch_size=2", "data.workers=0", "data.shuffle_buffer=8"]
+           "data.batch_size=2", "data.val_batch_size=2", "data.workers=0", "data.shuffle_window=8"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     ranks = re.findall(r"\[rank (\d)/2\] .* steps=2 weights=([0-9a-f]{16})", result.stdout + result.stderr)

@@ -30,7 +30,7 @@ def dataset(tmp_path_factory, ray_cluster):
 
 
 def _cfg(**kw) -> DataConfig:
-    return DataConfig(**{"crop_size": [32, 32], "batch_size": 3, "val_batch_size": 4, "shuffle_buffer": 8, **kw})
+    return DataConfig(**{"crop_size": [32, 32], "batch_size": 3, "val_batch_size": 4, "shuffle_window": 8, **kw})
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -133,7 +133,7 @@ def test_class_balanced_sampling_repeats_rare_class_images(dataset):
         return float(np.mean([bool((lab == 2).any()) for batch in labels for lab in batch]))
 
     plain, balanced = car_share(False), car_share(True)
-    assert plain < 0.2 and balanced > plain * 1.5
+    assert plain < 0.2 and balanced > plain * 1.3  # expected: 1.55x (car images at factor 1.67)
 
 
 def test_repeat_factors_come_out_right_on_average_and_every_epoch_has_the_same_length():
@@ -148,21 +148,25 @@ def test_repeat_factors_come_out_right_on_average_and_every_epoch_has_the_same_l
         assert len(epoch_order(index, 7, epoch, 2, 16, factors)) >= epoch_length(index, factors)
 
 
-# segdist-order/1's epoch 0 of seed 0 over parts of 5, 5, 5 and 2 samples, 2 lanes, window 3: any change of
-# the algorithm changes it, and must come with a new ALGORITHM (a resume across the change is then refused)
-PINNED_ORDER = [11, 5, 12, 6, 10, 7, 13, 9, 15, 8, 16, 0, 14, 1, 3, 2, 4]
+# segdist-order/2's epoch 0 of seed 0 over parts of 5, 5, 5 and 2 samples, 2 lanes, window 3 (chunk 1, the
+# default for local and cached shards), without and with repeats of every 4th sample: any change of the
+# algorithm changes them, and must come with a new ALGORITHM (a resume across the change is then refused)
+PINNED_ORDER = [9, 12, 8, 14, 5, 7, 13, 6, 11, 1, 15, 3, 4, 16, 0, 10, 2]
+PINNED_REPEATS = [9, 12, 8, 14, 4, 5, 7, 13, 6, 11, 1, 8, 0, 15, 3, 4, 16, 12, 0, 10, 16, 2]
 
 
 def test_the_order_is_fixed_integer_mixing_not_a_random_number_stream():
     """The same seed gives the same order on any machine and numpy version: its first ids are pinned here."""
     from segdist.data.order import ALGORITHM, SampleIndex, epoch_order, splitmix64
 
-    assert ALGORITHM == "segdist-order/1"
+    assert ALGORITHM == "segdist-order/2"
     assert int(splitmix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF  # Vigna's reference value
     index = SampleIndex(tuple("abcd"), (5, 5, 5, 2), tuple(tuple(range(n)) for n in (5, 5, 5, 2)), None)
     order = epoch_order(index, 0, 0, lanes=2, window=3)
     assert sorted(order.tolist()) == list(range(17))
     assert order.tolist() == PINNED_ORDER
+    factors = np.where(np.arange(17) % 4 == 0, 2.0, 1.0)
+    assert epoch_order(index, 0, 0, lanes=2, window=3, factors=factors).tolist() == PINNED_REPEATS
 
 
 def test_fit_shape_keeps_the_global_batch_or_says_why_it_cannot():
@@ -172,6 +176,9 @@ def test_fit_shape_keeps_the_global_batch_or_says_why_it_cannot():
     assert fit_shape(16, 8, 1, 2) == (Shape(8, 2, 1), None)
     assert fit_shape(16, 8, 1, 1) == (Shape(8, 1, 2), "optim.accumulate 1 -> 2")
     assert fit_shape(16, 8, 1, 4) == (Shape(4, 4, 1), "data.batch_size 8 -> 4")
+    # fewer processes never raise the per-process batch (memory): the accumulation grows instead
+    assert fit_shape(96, 32, 1, 2) == (Shape(24, 2, 2), "data.batch_size 32 -> 24, optim.accumulate 1 -> 2")
+    assert all(fit_shape(96, 32, 1, w)[0].batch <= 32 for w in (1, 2, 3, 4, 6))
     with pytest.raises(DataError, match="global batch is 16 samples .* 3 process"):
         fit_shape(16, 8, 1, 3)
 
@@ -280,20 +287,22 @@ def test_the_order_keeps_chunks_of_a_shard_together_and_moves_their_borders_ever
     assert borders[0] != borders[1] != borders[2]
 
 
-def test_repeated_copies_of_a_sample_land_in_different_chunks():
+def test_repeated_copies_of_a_sample_land_in_other_chunks_still_read_in_runs():
     from segdist.data.order import SampleIndex, epoch_order
 
     index = SampleIndex(("a", "b"), (32, 32), (tuple(range(32)),) * 2, None)
-    factors = np.where(np.arange(64) % 5 == 0, 2.0, 1.0)
+    factors = np.where(np.arange(64) % 32 < 16, 2.0, 1.0)  # each part's first 16 samples come twice
     order = epoch_order(index, 0, 0, lanes=2, window=8, factors=factors, chunk=8)
-    assert len(order) == 64 + 13
-    for chunk in np.split(order, np.flatnonzero(np.diff(order) != 1) + 1):
-        assert len(set(chunk.tolist())) == len(chunk)
-    first, last = {}, {}
+    assert len(order) == 64 + 32
+    runs = np.split(order, np.flatnonzero(np.diff(order) != 1) + 1)
+    assert all(len(set(run.tolist())) == len(run) for run in runs)  # never a sample twice in one read
+    seen, second = set(), []
     for position, sample in enumerate(order.tolist()):
-        first.setdefault(sample, position)
-        last[sample] = position
-    assert min(last[s] - first[s] for s in first if last[s] != first[s]) >= 8
+        if sample in seen:
+            second.append(position)
+        seen.add(sample)
+    copy_runs = np.split(np.array(second), np.flatnonzero(np.diff(second) != 1) + 1)
+    assert np.mean([len(r) for r in copy_runs]) > 4  # the repeats are read in runs too, not one by one
 
 
 def test_the_in_memory_tar_parser_reads_what_webdataset_reads(tmp_path):
@@ -318,3 +327,26 @@ def test_the_in_memory_tar_parser_reads_what_webdataset_reads(tmp_path):
                 for s in group_by_keys({**f, "__url__": "mem"} for f in tar_file_iterator(io.BytesIO(data)))]
     assert list(samples(data)) == expected
     assert [s["__key__"] for s in expected] == ["a", "dir/b", "x" * 150, "c"]
+
+
+def test_a_broken_pax_record_is_a_truncated_shard_not_an_error_that_stops_the_rank(tmp_path):
+    """A ValueError from the pax parser used to escape the reader and end one rank (the others waited)."""
+    import io
+    import tarfile
+
+    from segdist.data.tar_reader import Reader, ShardRange, Skips, read_range
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("a.jpg", "x" * 150 + ".jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(buffer.getvalue())
+    record = data.index(b" path=")
+    data[record - 3:record] = b"zz "  # the record's length is no number
+    shard = tmp_path / "s.tar"
+    shard.write_bytes(bytes(data))
+    skips = Skips()
+    found = read_range(ShardRange(str(shard), 0, 2, 0, len(data)), skips, Reader())
+    assert [s["__key__"] for s in found] in ([], ["a"]) and skips["truncated_shard"] == 1

@@ -88,7 +88,7 @@ def test_prepare_keeps_the_stored_grid(oriented):
 def test_the_training_loader_keeps_image_and_label_aligned(oriented):
     cfg = load_config(None, [f"data.shards={oriented / 'shards'}", f"data.crop_size=[{H},{W}]",
                              "data.scale_range=[1.0,1.0]", "data.hflip=0.0", "data.batch_size=8", "data.workers=0",
-                             "data.shuffle_buffer=8"]).data
+                             "data.shuffle_window=8"]).data
     info = load_dataset_info(oriented / "shards")
     with train_loader(cfg, info, train_plan(cfg, info), rank=0, start=0, end=2) as loader:
         for images, labels, _ in loader:

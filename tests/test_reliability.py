@@ -182,6 +182,18 @@ def test_kill_9_of_one_rank_ends_the_job_names_the_rank_and_resume_reaches_the_s
                          _weights(tmp_path / f"{name}-straight/checkpoints/step_00000024/model.safetensors"))
 
 
+def test_a_rank_that_can_read_no_data_ends_every_rank_at_the_same_step_with_its_message(shards, tmp_path):
+    """The loader's "no readable sample" used to stop its rank alone: the other waited in an all-reduce
+    for train.collective_timeout (here 300 s) before the job ended."""
+    began = time.monotonic()
+    out = run_train(shards, tmp_path, "train.max_steps=40", "train.name=dry", "data.workers=1",
+                    "train.collective_timeout=300", launch=launcher(), env={"SEGDIST_FAULT": "unreadable#1"},
+                    expect=-1)
+    took = time.monotonic() - began
+    assert "rank 1: no readable training sample in 8 batches" in out, out[-3000:]
+    assert "timed out" not in out.lower() and took < 150, (took, out[-2000:])
+
+
 def test_kill_9_while_a_checkpoint_is_written_keeps_the_previous_one_and_resume_ignores_the_partial(
         shards, tmp_path):
     common = ["train.max_steps=6", "data.epoch_samples=64", "train.checkpoint_every=2", "train.keep_last=10"]

@@ -212,7 +212,7 @@ def test_training_never_reads_a_cached_shard_that_fails_its_checksum(copy, http_
     bad = _records(copy, "train")[1]["name"]
     _flip_a_byte_of_an_image(http_server.root / bad)
     info = load_dataset_info(http_server.url)
-    cfg = DataConfig(crop_size=[32, 32], batch_size=2, shuffle_buffer=4, workers=0, retries=0,
+    cfg = DataConfig(crop_size=[32, 32], batch_size=2, shuffle_window=4, workers=0, retries=0,
                      cache_dir=str(tmp_path / "cache"))
     keys, unavailable = set(), {}
     with train_loader(cfg, info, train_plan(cfg, info), rank=0) as loader:

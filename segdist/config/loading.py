@@ -56,6 +56,11 @@ def _field_types(section: Any) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section)}
 
 
+# keys renamed for what they are: the old name gets a message, not "unknown key"
+RENAMED = {"data.shuffle_buffer": "data.shuffle_window (how many places a sample may move within its lane; "
+                                  "there is no buffer: the order is computed, not streamed)"}
+
+
 def apply(cfg: Config, values: dict, where: str = "config") -> None:
     """Set nested values onto `cfg`, refusing unknown sections and keys and values of the wrong type."""
     sections = _field_types(cfg)
@@ -67,6 +72,8 @@ def apply(cfg: Config, values: dict, where: str = "config") -> None:
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: section '{name}' must be a mapping")
         for key, value in body.items():
+            if f"{name}.{key}" in RENAMED:
+                raise ConfigError(f"{where}: {name}.{key} is now {RENAMED[f'{name}.{key}']}")
             if key not in keys:
                 raise ConfigError(f"{where}: unknown key '{name}.{key}'; valid: {', '.join(keys)}")
             try:
@@ -139,8 +146,8 @@ def validate(cfg: Config) -> None:
     for key in ("chunk", "lanes", "epoch_samples"):
         if getattr(cfg.data, key) is not None and getattr(cfg.data, key) < 1:
             raise ConfigError(f"data.{key} must be at least 1")
-    if cfg.data.shuffle_buffer < 0:
-        raise ConfigError("data.shuffle_buffer must be at least 0")
+    if cfg.data.shuffle_window < 0:
+        raise ConfigError("data.shuffle_window must be at least 0")
     if cfg.optim.accumulate < 1:
         raise ConfigError("optim.accumulate must be at least 1")
 

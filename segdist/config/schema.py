@@ -42,9 +42,10 @@ class DataConfig:
     batch_size: int = 8  # per process
     val_batch_size: int = 4
     workers: int = 2  # DataLoader workers per process
-    shuffle_buffer: int = 256  # the order's window: how many places a sample may move within its lane
+    shuffle_window: int = 256  # how many places a sample may move within its lane (shards read near one another)
     lanes: int | None = None  # shard lanes the order interleaves (default: 16, at most the shard parts); kept on resume
-    chunk: int = 8  # consecutive samples of a shard the order keeps together (one ranged read); kept on resume
+    chunk: int | None = None  # samples of a shard kept together (one ranged read); null: 1 for local or cached
+    # shards, 8 for remote ones read without data.cache_dir; kept on resume
     class_balanced: bool = False  # repeat images holding rare classes (repeat-factor sampling)
     balance_threshold: float = 0.3  # repeat images whose rarest class is in fewer than this share
     epoch_samples: int | None = None  # a shorter epoch: its first N positions (default and at most: the split)

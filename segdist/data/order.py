@@ -7,15 +7,17 @@ job on another machine continues the same order; `ALGORITHM` names it in the run
 
     parts     the shard parts of the split(s), permuted per epoch (seeded by (seed, epoch))
     lanes     the permuted parts dealt round-robin into `lanes` lanes (fixed at the run's start)
-    chunks    each part cut into runs of `chunk` consecutive samples (one ranged read), the
-              borders shifted by a seeded offset per epoch
-    window    inside a lane, each chunk moves at most `window` samples' worth of places from its
-              part's order (py1e-style: position + window x a uniform draw, then sorted)
-    order     the lanes interleaved chunk by chunk: lane 0, lane 1, ..., lane 0, ...
+    runs      each part's samples reshuffled every epoch, in runs of `chunk` consecutive samples
+              of the file (chunk 1, the default for local and cached shards: each sample on its
+              own; chunk 8 for uncached remote ones: one ranged read), borders shifted per epoch
+    window    inside a lane, each run moves at most `window` samples' worth of places
+    order     the lanes interleaved in proportion to their lengths (every lane spans the epoch)
+    repeats   with repeat factors, a sample's 2nd, 3rd... copies take independent uniform places
 
 so a stretch of the order mixes `lanes` shards while each lane reads from one or two shards at a
-time. Positions, not streams, are the unit: global batch k of an epoch is positions
-[kG, (k+1)G), G = per-process batch x processes x accumulation (segdist.data.train_loader).
+time, and batches repeat batch-mates about as rarely as a uniform shuffle (tests/test_order.py).
+Positions, not streams, are the unit: global batch k of an epoch is positions [kG, (k+1)G),
+G = per-process batch x processes x accumulation (segdist.data.train_loader).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from functools import cached_property
 
 import numpy as np
 
-ALGORITHM = "segdist-order/1"
-_SHARDS, _WINDOW, _REPEAT, _CHUNK = 1, 2, 3, 4  # what a hash is drawn for (kept apart so draws do not correlate)
+ALGORITHM = "segdist-order/2"
+# what a hash is drawn for (kept apart so draws do not correlate)
+_SHARDS, _WINDOW, _REPEAT, _CHUNK, _WITHIN, _SPREAD = 1, 2, 3, 4, 5, 6
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -113,33 +116,64 @@ def epoch_order(index: SampleIndex, seed: int, epoch: int, lanes: int, window: i
                 factors: np.ndarray | None = None, chunk: int = 1) -> np.ndarray:
     """The global sample ids of `epoch` in training order (int64; repeated ids when `factors` is given).
 
-    `chunk` consecutive samples of a part move together (one ranged read); the chunks' boundaries
-    shift by a seeded offset every epoch, so the same samples are not grouped every time.
+    The shard parts are permuted and dealt into lanes; inside a part the samples are reshuffled
+    every epoch, in runs of `chunk` consecutive samples of the file (one ranged read) whose borders
+    shift every epoch; each lane's runs move up to `window` samples' worth of places, and the lanes
+    are interleaved in proportion to their length. Repeats (a sample's 2nd, 3rd... copy) take
+    independent uniform places in the epoch, so any prefix holds them at their share.
     """
-    parts = np.argsort(mix(seed, epoch, _SHARDS, np.arange(len(index.counts))), kind="stable")
-    lanes, chunk = max(1, min(lanes, len(parts))), max(1, chunk)
-    counts, starts = np.asarray(index.counts, np.int64), index.starts
-    ids = np.concatenate([np.arange(starts[p], starts[p] + counts[p]) for p in parts])
-    part = np.repeat(parts, counts[parts])
-    lane = np.repeat(np.arange(len(parts)) % lanes, counts[parts])  # parts dealt round-robin, permuted order
-    copy = np.zeros(len(ids), np.int64)
-    if factors is not None:  # a sample's k-th copy comes in the lane's k-th pass over its parts
-        copies = repeat_copies(factors, seed, epoch)[ids]
-        ids, part, lane = np.repeat(ids, copies), np.repeat(part, copies), np.repeat(lane, copies)
-        copy = np.arange(len(ids)) - np.repeat(np.cumsum(copies) - copies, copies)
-    by_lane = np.lexsort((np.arange(len(ids)), copy, lane))  # each lane's samples by pass, in its parts' order
-    ids, part, lane, copy = ids[by_lane], part[by_lane], lane[by_lane], copy[by_lane]
-    shift = (mix(seed, epoch, _CHUNK, part) % np.uint64(chunk)).astype(np.int64)
-    group = (ids - starts[part] + shift) // chunk  # the sample's chunk within its part
-    first = np.r_[True, (part[1:] != part[:-1]) | (group[1:] != group[:-1]) | (lane[1:] != lane[:-1])
-                  | (copy[1:] != copy[:-1])]
-    chunk_of = np.cumsum(first) - 1
-    chunk_lane = lane[first]
-    slot = np.arange(len(chunk_lane)) - np.searchsorted(chunk_lane, chunk_lane)  # the chunk's place in its lane
-    jitter = slot + max(window, 0) / chunk * uniform(seed, epoch, _WINDOW, chunk_lane, slot)
-    moved = np.lexsort((jitter, chunk_lane))  # the window shuffle of the chunks, lane by lane
-    rounds = np.empty(len(chunk_lane), np.int64)
-    rounds[moved] = slot
-    within = np.arange(len(ids)) - np.flatnonzero(first)[chunk_of]  # a sample's place in its chunk
-    # interleaved: the r-th chunk of every lane, lane by lane, each chunk's samples in shard order
-    return ids[np.lexsort((within, lane, rounds[chunk_of]))]
+    ids, copy, part = _items(index, factors, seed, epoch)
+    parts = len(index.counts)
+    group = copy * parts + part  # a part's k-th copies are a group of their own
+    pos, lane_of = _deal(parts, seed, epoch, lanes)
+    chunk = max(1, chunk)
+    run = (ids - index.starts[part] + (mix(seed, epoch, _CHUNK, group) % np.uint64(chunk)).astype(np.int64)) // chunk
+    # originals lane by lane, part by part, then the repeats; each group's runs in a fresh random order
+    rank = np.where(copy == 0, pos[part], group).astype(np.uint64)
+    key = (rank << np.uint64(40)) | (mix(seed, epoch, _WITHIN, group, run) >> np.uint64(24))
+    by_chunk = np.argsort(key, kind="stable")
+    ids, key = ids[by_chunk], key[by_chunk]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # each run's first sample
+    originals = int(np.count_nonzero(copy[by_chunk[starts]] == 0))  # the runs of first copies come first
+    heads = by_chunk[starts]  # each run's first item, in the items' original numbering
+    time = np.empty(len(starts))
+    time[:originals] = _lane_times(lane_of[part[heads[:originals]]], seed, epoch, window / chunk)
+    time[originals:] = uniform(seed, epoch, _SPREAD, group[heads[originals:]], run[heads[originals:]])
+    chunks = np.argsort(time, kind="stable")  # ties (lanes of one length) in lane order
+    sizes = np.diff(np.r_[starts, len(ids)])[chunks]
+    first = np.repeat(starts[chunks] - (np.cumsum(sizes) - sizes), sizes)
+    return ids[first + np.arange(len(ids))]
+
+
+def _lane_times(lane: np.ndarray, seed: int, epoch: int, window: float) -> np.ndarray:
+    """Each run's time in [0, 1) from its lane (ascending) and place there: runs move up to `window`
+    places within their lane, and every lane's runs spread over the whole epoch."""
+    slot = np.arange(len(lane)) - np.searchsorted(lane, lane)  # the run's place in its lane
+    jitter = slot + max(window, 0) * uniform(seed, epoch, _WINDOW, lane, slot)
+    moved = np.argsort(lane * (float(slot.max(initial=0)) + max(window, 0) + 1) + jitter, kind="stable")
+    place = np.empty(len(lane), np.int64)
+    place[moved] = slot
+    return (place + 0.5) / np.bincount(lane)[lane]
+
+
+def _items(index: SampleIndex, factors: np.ndarray | None, seed: int,
+           epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every sample id of the epoch with its copy number (0, or k for the k-th repeat) and its part."""
+    ids = np.arange(index.size, dtype=np.int64)
+    part = np.repeat(np.arange(len(index.counts)), index.counts)
+    if factors is None:
+        return ids, np.zeros(len(ids), np.int64), part
+    copies = repeat_copies(factors, seed, epoch)
+    ids, part = np.repeat(ids, copies), np.repeat(part, copies)
+    return ids, np.arange(len(ids)) - np.repeat(np.cumsum(copies) - copies, copies), part
+
+
+def _deal(parts: int, seed: int, epoch: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The parts in a seeded order dealt round robin into `lanes`: each part's place in the
+    lane-by-lane sequence and its lane."""
+    order = np.argsort(mix(seed, epoch, _SHARDS, np.arange(parts)), kind="stable")
+    lane = np.arange(parts) % max(1, min(lanes, parts))
+    pos, lane_of = np.empty(parts, np.int64), np.empty(parts, np.int64)
+    pos[order[np.argsort(lane, kind="stable")]] = np.arange(parts)  # lane 0's parts in dealt order, then lane 1's
+    lane_of[order] = lane
+    return pos, lane_of

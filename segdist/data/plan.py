@@ -15,12 +15,14 @@ from functools import cached_property
 import numpy as np
 
 from segdist.config import DataConfig
-from segdist.data.info import DatasetInfo
+from segdist import storage
+from segdist.data.info import DatasetInfo, split_names
 from segdist.data.order import ALGORITHM, SampleIndex, epoch_length, epoch_order
 from segdist.errors import DataError
 from segdist.utils.secrets import redact
 
 DEFAULT_LANES = 16  # lanes of the order when data.lanes is not set (at most the number of shard parts)
+REMOTE_CHUNK = 8  # samples per ranged read of an uncached remote shard (data.chunk's default there)
 KEPT_ORDERS = 2  # epoch orders a worker keeps (a prefetch may reach into the next epoch)
 
 
@@ -38,17 +40,19 @@ class Shape:
 
 
 def fit_shape(global_batch: int, batch: int, accumulate: int, processes: int) -> tuple[Shape, str | None]:
-    """The shape that keeps `global_batch` on `processes`: the configured one, else another
-    accumulation, else another per-process batch; returns it and a sentence saying what changed."""
+    """The shape that keeps `global_batch` on `processes`: the configured one, else the largest
+    per-process batch up to `batch` (never more: it must fit in memory) with the accumulation that
+    completes it; returns it and a sentence saying what changed."""
     asked = Shape(batch, processes, accumulate)
     if asked.global_batch == global_batch:
         return asked, None
-    if global_batch % (batch * processes) == 0:
-        steps = global_batch // (batch * processes)
-        return Shape(batch, processes, steps), f"optim.accumulate {accumulate} -> {steps}"
-    if global_batch % (accumulate * processes) == 0:
-        size = global_batch // (accumulate * processes)
-        return Shape(size, processes, accumulate), f"data.batch_size {batch} -> {size}"
+    per_process, rest = divmod(global_batch, processes)
+    size = next((b for b in range(min(batch, per_process), 0, -1) if not rest and per_process % b == 0), None)
+    if size is not None:
+        steps = per_process // size
+        changes = [f"data.batch_size {batch} -> {size}"] * (size != batch)
+        changes += [f"optim.accumulate {accumulate} -> {steps}"] * (steps != accumulate)
+        return Shape(size, processes, steps), ", ".join(changes)
     raise DataError(f"the run's global batch is {global_batch} samples (batch x processes x accumulation); "
                     f"{processes} process(es) cannot keep it with data.batch_size {batch} or optim.accumulate "
                     f"{accumulate}: use a process count that divides {global_batch}")
@@ -148,12 +152,14 @@ def plan_for(cfg: DataConfig, info: DatasetInfo, seed: int, shape: Shape, saved:
     if saved is not None and saved.get("algorithm") != ALGORITHM:
         raise DataError(f"the checkpoint's sample order is {saved.get('algorithm')!r}; this segdist orders samples "
                         f"with {ALGORITHM!r} and cannot continue it without replaying or skipping samples: "
-                        "resume with the segdist that wrote it, or start a new run")
+                        "resume with the segdist that wrote it, or start a new run (init_from the checkpoint "
+                        "keeps its weights)")
+    check_splits(cfg.train_split)
     index = sample_index(info, cfg.train_split, with_classes=cfg.class_balanced)
     factors = sample_factors(info, cfg, index) if cfg.class_balanced else None
     lanes = saved["lanes"] if saved is not None else min(cfg.lanes or DEFAULT_LANES, len(index.counts))
-    window = saved["window"] if saved is not None else cfg.shuffle_buffer
-    chunk = saved["chunk"] if saved is not None else cfg.chunk
+    window = saved["window"] if saved is not None else cfg.shuffle_window
+    chunk = saved["chunk"] if saved is not None else default_chunk(cfg, info)
     plan = TrainPlan(index, seed, lanes, window, chunk, shape, factors, cfg.epoch_samples)
     if saved is not None:
         check_resume(plan, saved)
@@ -166,6 +172,23 @@ def plan_for(cfg: DataConfig, info: DatasetInfo, seed: int, shape: Shape, saved:
                         f"({plan.epoch_length} samples of {cfg.train_split}): lower data.batch_size, "
                         "optim.accumulate or the process count")
     return plan
+
+
+def default_chunk(cfg: DataConfig, info: DatasetInfo) -> int:
+    """data.chunk, else by the data source: 1 (every sample on its own) where reads are local or cached,
+    REMOTE_CHUNK where each run of samples costs a ranged request (remote shards, no cache)."""
+    if cfg.chunk is not None:
+        return cfg.chunk
+    return 1 if storage.is_local(info.root) or cfg.cache_dir else REMOTE_CHUNK
+
+
+def check_splits(splits: str | list[str]) -> None:
+    """A split named twice would be read twice per epoch."""
+    names = split_names(splits)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"data.train_split {names} names {twice} more than once: each split is read once per epoch; "
+                        "use data.class_balanced to repeat samples")
 
 
 def sample_factors(info: DatasetInfo, cfg: DataConfig, index: SampleIndex) -> np.ndarray:

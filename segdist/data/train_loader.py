@@ -30,7 +30,6 @@ from segdist.data.plan import TrainPlan
 from segdist.data.sample_reader import Fetch, SampleReader
 from segdist.data.tar_reader import Reader
 from segdist.data.workers import Loader, worker_slot
-from segdist.errors import DataError
 from segdist.utils import faults
 from segdist.utils.checksums import Digest
 from segdist.utils.secrets import redact
@@ -69,13 +68,23 @@ class TrainBatches(IterableDataset):
                 read_any = read_any or info["decoded"] > 0
                 unread.update(info["unavailable"])
                 if not read_any and n + 1 >= PATIENCE:  # refuse to train on nothing for ever
-                    raise DataError(f"no readable training sample in {n + 1} batches of "
-                                    f"{redact(self.plan.index.urls[0])} and the other shards: "
-                                    f"unavailable: {unread or 'none'}; "
-                                    f"skipped: {info['skipped']}")
+                    yield from self._failed(mine[n:], self._unreadable(n + 1, unread, info["skipped"]))
+                    return
                 yield images, labels, info
         finally:
             reader.close()
+
+    def _unreadable(self, batches: int, unavailable: dict, skipped: dict) -> str:
+        return (f"no readable training sample in {batches} batches of {redact(self.plan.index.urls[0])} and the "
+                f"other shards: unavailable: {unavailable or 'none'}; skipped: {skipped}")
+
+    def _failed(self, batches: range, why: str) -> Iterator[tuple]:
+        """Ignored batches that carry `why`: the training loop raises it on every rank at the next update
+        (raising here would stop this rank alone, the others waiting in a collective until its timeout)."""
+        images, labels = (torch.stack(t) for t in zip(*[self._ignored()] * self.plan.shape.batch))
+        for _ in batches:
+            yield images, labels, {"skipped": {}, "retries": 0, "unavailable": {}, "keys": [], "decoded": 0,
+                                   "failure": why}
 
     def samples(self, batch: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(epoch, positions, global sample ids) of micro-batch `batch` of this process."""
@@ -89,6 +98,8 @@ class TrainBatches(IterableDataset):
         """Decode and augment the fetched samples in position order; stack them into the batch."""
         epoch, positions, ids = self.samples(batch)
         found, skips = fetch.result()
+        if faults.armed("unreadable"):
+            found = {}  # as if every sample's shard were gone
         items, keys = [], []
         for position, sample_id in zip(positions.tolist(), ids.tolist()):
             sample = found.get(sample_id)

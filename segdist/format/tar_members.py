@@ -64,7 +64,12 @@ def _pax_path(records: bytes) -> str | None:
     """The `path` of a pax extended header ("<length> path=<name>\\n" records)."""
     position = 0
     while position < len(records):
-        length = int(records[position:records.index(b" ", position)])
+        try:
+            length = int(records[position:records.index(b" ", position)])
+        except ValueError:  # a record without its length: a broken member, counted as a truncated shard
+            raise tarfile.HeaderError(f"unreadable pax record {bytes(records[position:position + 40])!r}") from None
+        if length <= 0:
+            raise tarfile.HeaderError(f"pax record of length {length}")
         key, _, value = records[position:position + length].partition(b" ")[2].partition(b"=")
         if key == b"path":
             return value[:-1].decode("utf-8", "surrogateescape")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from segdist.distributed import any_rank
+from segdist.distributed import any_rank, first_reason
 from segdist.errors import CheckpointError
 from segdist.runs.rng_state import legacy_rng, rng_state, set_rng_state
 from segdist.utils import faults
@@ -235,7 +235,7 @@ def _restore_rng(accelerator, path: Path, processes: int, inexact: bool) -> None
             problem = str(exc)
     if not any_rank(accelerator, problem is not None):
         return
-    reason = _first_reason(accelerator, problem)
+    reason = first_reason(accelerator, problem)
     if not inexact:
         raise CheckpointError(f"{reason}; without them the resume is not exact: pass --resume-inexact to continue "
                               f"anyway ({INEXACT})")
@@ -327,7 +327,7 @@ def _publish(accelerator, final: Path, state: dict, write: Callable[[Path], None
     if any_rank(accelerator, error is not None):  # doubles as the barrier save_state lacks
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
-        reason = _first_reason(accelerator, f"{type(error).__name__}: {error}" if error else None)
+        reason = first_reason(accelerator, f"{type(error).__name__}: {error}" if error else None)
         raise CheckpointError(f"could not write checkpoint {final}: {reason}; the previous checkpoints are intact")
     faults.hit("kill_in_checkpoint")
     if main:
@@ -337,16 +337,6 @@ def _publish(accelerator, final: Path, state: dict, write: Callable[[Path], None
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
-
-
-def _first_reason(accelerator, mine: str | None) -> str:  # noqa: ANN001
-    """The first failing rank's error, known on every rank (whichever rank prints it, it names the cause)."""
-    reasons = [mine]
-    if accelerator.num_processes > 1:
-        reasons = [None] * accelerator.num_processes
-        torch.distributed.all_gather_object(reasons, mine)
-    rank, reason = next((r, text) for r, text in enumerate(reasons) if text)
-    return reason if accelerator.num_processes == 1 else f"rank {rank}: {reason}"
 
 
 def _mark_complete(tmp: Path, ranks: int) -> None:

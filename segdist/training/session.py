@@ -74,6 +74,7 @@ class Session:
     last_loss: float = math.nan
     pending_skips: dict = field(default_factory=dict)  # this rank's unreadable data since the last update
     pending_retries: int = 0  # this rank's storage retries since the last update
+    data_failure: str | None = None  # why this rank's loader cannot go on (raised on every rank at the next update)
     unavailable: dict = field(default_factory=dict)  # shard URL -> why it could not be read (this rank)
     interval: Interval = field(default_factory=Interval)
     totals: dict = field(default_factory=lambda: {"waited": 0.0, "elapsed": 0.0, "images": 0, "decoded": 0})
@@ -210,7 +211,9 @@ def training_plan(cfg: Config, info: DatasetInfo, resume_from: Path | None) -> T
             print(f"segdist: resuming a global batch of {shape.global_batch} samples on {world} process(es): "
                   f"{change}", flush=True)
         cfg.data.batch_size, cfg.optim.accumulate = shape.batch, shape.accumulate
-    return plan_for(cfg.data, info, cfg.train.seed, shape, saved)
+    plan = plan_for(cfg.data, info, cfg.train.seed, shape, saved)
+    cfg.data.lanes, cfg.data.shuffle_window, cfg.data.chunk = plan.lanes, plan.window, plan.chunk  # into config.yaml
+    return plan
 
 
 def start(s: Session, steps: int) -> None:

@@ -7,7 +7,8 @@ import time
 import torch
 
 from segdist.data.train_loader import SKIP_REASONS
-from segdist.distributed import agree
+from segdist.distributed import agree, first_reason
+from segdist.errors import DataError
 from segdist.training import freeze
 from segdist.training.optim import is_plateau
 from segdist.training.session import Session
@@ -21,9 +22,11 @@ def optimizer_step(s: Session, loss: torch.Tensor) -> str:
     """
     state = s.state
     skips = [s.pending_skips.get(reason, 0) for reason in SKIP_REASONS]
-    mean_loss, nonfinite, stop, retries, *skipped = agree(
+    mean_loss, nonfinite, stop, retries, failed, *skipped = agree(
         s.accelerator, loss / s.accelerator.num_processes, (~torch.isfinite(loss)).float(),
-        float(s.stopper.requested), s.pending_retries, *skips)
+        float(s.stopper.requested), s.pending_retries, float(s.data_failure is not None), *skips)
+    if failed:  # every rank at this same step, so none waits for the others until the collective timeout
+        raise DataError(first_reason(s.accelerator, s.data_failure))
     s.pending_skips.clear()
     s.pending_retries = 0
     state["storage_retries"] += int(retries)
@@ -83,6 +86,7 @@ def note_unread(s: Session, unread: dict) -> None:
     for reason, n in unread["skipped"].items():
         s.pending_skips[reason] = s.pending_skips.get(reason, 0) + n
     s.pending_retries += unread["retries"]
+    s.data_failure = s.data_failure or unread.get("failure")
     for url, why in unread["unavailable"].items():
         if url not in s.unavailable:
             print_line(f"segdist: WARNING: [rank {s.accelerator.process_index}] skipped shard {url}: {why}")

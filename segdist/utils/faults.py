@@ -5,7 +5,8 @@ while a checkpoint is written), `kill_in_checkpoint` (SIGKILL after the files ar
 the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the checkpoint is in
 place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
 becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget),
-`slow_step` (every training step takes SLOW_STEP_S longer; the budget's calibration steps do not).
+`slow_step` (every training step takes SLOW_STEP_S longer; the budget's calibration steps do not),
+`unreadable` (no sample of a training batch can be read).
 `@step` limits it to one optimizer step (or batch, for `loader`), `@step+` to that step and every
 later one, `#rank` to one rank. Several faults: separate them with commas.
 """
