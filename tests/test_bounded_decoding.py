@@ -13,6 +13,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import run_cli, run_train, synthetic_shards
 
@@ -57,6 +58,15 @@ def test_the_header_is_read_without_decoding(bomb):
     assert decode_rgb(small).shape == (64, 64, 3)
     with pytest.raises(TooManyPixels, match="over --max-pixels 4095"):
         decode_rgb(small, max_pixels=4095)
+
+
+def test_a_format_whose_size_pil_cannot_read_is_not_decoded_unbounded():
+    """OpenCV decodes Radiance HDR, whose header PIL does not read: it would be decoded with no limit."""
+    import cv2
+
+    ok, hdr = cv2.imencode(".hdr", np.ones((4, 5, 3), np.float32))
+    assert ok and stored_size(hdr.tobytes()) is None
+    assert decode_rgb(hdr.tobytes()) is None and decode_label(hdr.tobytes()) is None
 
 
 def test_a_shard_sample_over_the_limit_is_skipped_by_reason(bomb):

@@ -69,13 +69,15 @@ def test_a_pickle_bomb_named_like_accelerates_scheduler_file_is_never_loaded(sha
 def test_a_pickled_payload_in_a_state_file_runs_nothing_and_fails_the_resume_naming_the_file(
         shards, run, tmp_path, name):
     marker = tmp_path / "ran"
-    if name.startswith("random_states"):  # an older checkpoint's RNG file (listed as complete): plain data only
-        (run / STEP / "random_states_0.json").unlink()
+    failing = run / STEP / name
+    if name.startswith("random_states"):  # accelerate's pickled RNG file in place of the JSON one: never read
+        failing = run / STEP / "random_states_0.json"
+        failing.unlink()
         listed = run / STEP / "segdist_complete.json"
         listed.write_text(listed.read_text().replace("random_states_0.json", name))
     bomb(run / STEP / name, marker)
     out = run_train(shards, run.parent, *RUN, resume=True, expect=2)
-    assert f"{run / STEP / name}: cannot restore" in out
+    assert f"{failing}: cannot restore" in out
     assert not marker.exists()
 
 

@@ -82,6 +82,22 @@ def test_a_config_without_a_credential_is_written_as_the_umask_allows(tmp_path):
     assert load_config(tmp_path / "config.yaml").data.shards == "shards/demo"
 
 
+def test_run_files_and_shards_are_written_as_the_umask_allows_not_forced_to_0644(tmp_path):
+    from segdist.format.tar_writer import TarShard
+    from segdist.utils.files import write_json_atomic
+
+    old = os.umask(0o077)
+    try:
+        write_json_atomic(tmp_path / "summary.json", {"steps": 1})  # summary.json, metrics.json, state files
+        shard = TarShard(tmp_path, "train-000000")
+        shard.write("0000", {"json": b"{}"})
+        shard.close()
+    finally:
+        os.umask(old)
+    for name in ("summary.json", "train-000000.tar"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+
+
 def test_a_masked_data_shards_asks_for_the_real_one_again():
     from segdist.data.info import load_dataset_info
     from segdist.errors import DataError

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from segdist.config.schema import (
     parse_duration,
 )
 from segdist.errors import ConfigError
-from segdist.utils.files import publish
+from segdist.utils.files import write_text_atomic
 from segdist.utils.secrets import redact
 
 
@@ -178,18 +176,7 @@ def save_config(cfg: Config, path: Path) -> None:
     `data.shards` cannot be read: `--resume` and `segdist evaluate --shards` take the real one again.
     """
     values, masked = _redacted(cfg.to_dict())
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(yaml.safe_dump(values, sort_keys=False))
-        if not masked:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)
-        publish(Path(temporary), path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    write_text_atomic(Path(path), yaml.safe_dump(values, sort_keys=False), mode=0o600 if masked else None)
 
 
 def _redacted(value: Any) -> tuple[Any, bool]:

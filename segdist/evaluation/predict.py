@@ -115,8 +115,8 @@ def predict(run_dir: str | Path, inputs: str, out: str | Path, *, checkpoint: st
     precision = run.config.train.mixed_precision
     print(f"predicting {len(files)} image(s) with {run.checkpoint} on {device}, mode {mode}, TTA {tta}, "
           f"precision {precision}")
-    with Loader(ImageFiles(files, run.eval_size, run.resize_side, max_pixels or run.config.data.max_pixels), batch_size=batch_size,
-                num_workers=min(workers, len(files)), collate_fn=list) as loader, \
+    images = ImageFiles(files, run.eval_size, run.resize_side, max_pixels or run.config.data.max_pixels)
+    with Loader(images, batch_size=batch_size, num_workers=min(workers, len(files)), collate_fn=list) as loader, \
             tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             readable = [item for item in batch if item.error is None]

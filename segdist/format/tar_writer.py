@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segdist.utils.checksums import HashingWriter
-from segdist.utils.files import publish
+from segdist.utils.files import publish, umask_mode
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 10240: tarfile pads the archive to a multiple of this
@@ -140,7 +140,7 @@ class TarShard:
         self._stream.flush()
         os.fsync(self._stream.fileno())
         self._stream.close()
-        os.chmod(self._temp, 0o644)
+        os.chmod(self._temp, umask_mode())  # mkstemp made it 0600
         self._part.bytes, self._part.sha256 = self._offset, self._stream.digest().sha256
         publish(self._temp, self.directory / self._part.name)
         self.parts.append(self._part)

@@ -8,8 +8,8 @@ writes its RNG states (`random_states_<rank>.json`). Nothing is pickled, so load
 never runs code (accelerate's `save_state`/`load_state` are not used: they unpickle registered
 objects with `weights_only=False` and swallow a failure to restore the RNG states). All ranks first
 agree that their writes succeeded, then the main process checks that every rank's file is there,
-writes `segdist_complete.json` (the file list) and renames the directory into place. A directory without that file, or missing a file it
-lists, is incomplete: `--resume` and evaluation skip it. `checkpoints/best` is a symbolic link to a
+writes `segdist_complete.json` (the file list) and renames the directory into place. A directory
+without that file, or missing a file it lists, is incomplete: `--resume` and evaluation skip it. `checkpoints/best` is a symbolic link to a
 `best_<step>` directory, replaced by an atomic rename, so there is always a complete best model.
 """
 
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from segdist.distributed import any_rank, first_reason
 from segdist.errors import CheckpointError
-from segdist.runs.rng_state import legacy_rng, rng_state, set_rng_state
+from segdist.runs.rng_state import rng_state, set_rng_state
 from segdist.utils import faults
 
 STATE_FILE = "segdist_state.json"
@@ -192,11 +192,8 @@ def load_training_state(accelerator, path: Path, model: torch.nn.Module, optimiz
     with _restoring(path / OPTIMIZER_FILE, "optimizer's state"):
         optimizer.load_state_dict(torch.load(_present(path / OPTIMIZER_FILE), map_location="cpu", weights_only=True))
     if scheduler is not None:
-        legacy = path / "custom_checkpoint_0.pkl"  # segdist <= 0.x: accelerate's pickle, read as plain data only
-        file = legacy if not (path / SCHEDULER_FILE).exists() and legacy.is_file() else path / SCHEDULER_FILE
-        with _restoring(file, "LR scheduler's state"):
-            saved = _read_json(file) if file.suffix == ".json" else torch.load(file, weights_only=True)
-            load_scheduler_state(scheduler, saved)
+        with _restoring(path / SCHEDULER_FILE, "LR scheduler's state"):
+            load_scheduler_state(scheduler, _read_json(_present(path / SCHEDULER_FILE)))
     if accelerator.scaler is not None:
         with _restoring(path / SCALER_FILE, "gradient scaler's state"):
             saved, current = _read_json(_present(path / SCALER_FILE)), accelerator.scaler.state_dict()
@@ -214,8 +211,6 @@ def scheduler_state(scheduler) -> dict:  # noqa: ANN001
 
 def load_scheduler_state(scheduler, saved: dict) -> None:  # noqa: ANN001
     """`scheduler_state`'s numbers back into `scheduler` (its LR functions are rebuilt by segdist, not loaded)."""
-    if isinstance(saved, dict):  # a legacy pickle's entry (None per plain function): never applied
-        saved = {k: v for k, v in saved.items() if k != "lr_lambdas"}
     _check_plain(saved, scheduler_state(scheduler))
     if hasattr(scheduler, "lr_lambdas"):
         saved["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
@@ -226,11 +221,9 @@ def _restore_rng(accelerator, path: Path, processes: int, inexact: bool) -> None
     rank, problem = accelerator.process_index, None
     if rank < processes:
         file = path / rng_file(rank)
-        legacy = path / f"random_states_{rank}.pkl"  # accelerate's pickle (segdist <= 0.x)
-        file = legacy if not file.exists() and legacy.is_file() else file
         try:
             with _restoring(file, "random states"):
-                set_rng_state(_read_json(_present(file)) if file.suffix == ".json" else legacy_rng(file))
+                set_rng_state(_read_json(_present(file)))
         except CheckpointError as exc:
             problem = str(exc)
     if not any_rank(accelerator, problem is not None):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,20 +43,6 @@ def set_rng_state(state: dict) -> None:
     if torch.cuda.is_available():  # a checkpoint written on another device kind has no (or unused) CUDA states
         for device, s in enumerate(cuda[:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, device)
-
-
-def legacy_rng(file: Path) -> dict:
-    """accelerate's `random_states_<rank>.pkl`, read as plain data (tensors and NumPy arrays, no objects)."""
-    from codecs import encode  # how NumPy pickles an array's bytes
-
-    core = np._core if hasattr(np, "_core") else np.core
-    numpy_types = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)), encode]
-    with torch.serialization.safe_globals(numpy_types):
-        old = torch.load(file, weights_only=True)
-    kind, mt, pos, has_gauss, cached = old["numpy_random_seed"]
-    return {"python": list(old["random_state"]), "numpy": [kind, np.asarray(mt).tolist(), pos, has_gauss, cached],
-            "torch": _bytes_text(old["torch_manual_seed"]),
-            "cuda": [_bytes_text(s) for s in old.get("torch_cuda_manual_seed", [])]}
 
 
 def _bytes_text(t: torch.Tensor) -> str:

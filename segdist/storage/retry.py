@@ -33,7 +33,8 @@ class ShardUnavailable(OSError):
     """
 
     def __init__(self, url: str, reason: str, attempts: int):
-        super().__init__(f"{redact(url)}: {redact(reason, url)} (gave up after {attempts} attempt{'s' * (attempts != 1)})")
+        plural = "s" * (attempts != 1)
+        super().__init__(f"{redact(url)}: {redact(reason, url)} (gave up after {attempts} attempt{plural})")
         self.url, self.reason, self.attempts = url, reason, attempts
 
     def __reduce__(self):  # picklable, so it can cross a DataLoader worker boundary

@@ -55,10 +55,11 @@ def safe_file_name(key: str, suffix: str = "") -> str:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int | None = None) -> Iterator[Path]:
     """A unique temporary path beside `path`, renamed over `path` when the block succeeds, removed when it fails.
 
     `suffix` ends the temporary name (writers that infer the format from it want e.g. ".png").
+    The file gets `mode`, else what the user's umask allows a new file (0600 until it is published).
     """
     path = Path(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -66,10 +67,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     temporary = Path(temporary)
     try:
         yield temporary
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, umask_mode() if mode is None else mode)
         publish(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def umask_mode() -> int:
+    """The permissions the user's umask gives a new file (mkstemp's files are 0600 whatever it is)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def publish(temp: Path, dest: Path) -> None:
@@ -88,7 +96,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
         f.write("\n")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path`, then rename it over `path`."""
-    with atomic_path(path) as temporary:
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write text to a temporary file beside `path`, then rename it over `path` (`mode`: see atomic_path)."""
+    with atomic_path(path, mode=mode) as temporary:
         temporary.write_text(text)

@@ -69,15 +69,17 @@ def stored_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     try:
         with pil_bomb_check_off(), Image.open(io.BytesIO(_buffer(data))) as img:
             return img.size
-    except Exception:  # noqa: BLE001 - PIL raises anything on hostile bytes; OpenCV gets the final say
+    except Exception:  # noqa: BLE001 - PIL raises anything on hostile bytes
         return None
 
 
-def check_pixels(data: bytes | np.ndarray, max_pixels: int) -> None:
-    """Raise TooManyPixels when the header announces more than `max_pixels` pixels."""
+def within_limit(data: bytes | np.ndarray, max_pixels: int) -> bool:
+    """Whether the header is one PIL reads (False: not decoded at all, as OpenCV would decode some formats
+    PIL cannot size, e.g. Radiance HDR, with no bound but its own 2**30 pixels); TooManyPixels over the limit."""
     size = stored_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise TooManyPixels(*size, max_pixels)
+    return size is not None
 
 
 def _buffer(data: bytes | np.ndarray) -> np.ndarray:
@@ -90,7 +92,8 @@ def decode_rgb(data: bytes | np.ndarray, reduce: int = 1, max_pixels: int = DEFA
     `reduce` 2, 4 or 8 decodes a JPEG at that fraction of its size (libjpeg's DCT scaling),
     still reading every byte of the stream. Raises TooManyPixels over `max_pixels`.
     """
-    check_pixels(data, max_pixels)
+    if not within_limit(data, max_pixels):
+        return None
     buffer = _buffer(data)
     bgr = cv2.imdecode(buffer, _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
@@ -100,6 +103,7 @@ def decode_rgb(data: bytes | np.ndarray, reduce: int = 1, max_pixels: int = DEFA
 
 def decode_label(data: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """A label map PNG as stored (uint8 or uint16 HxW); None when it does not decode. Bounded as decode_rgb."""
-    check_pixels(data, max_pixels)
+    if not within_limit(data, max_pixels):
+        return None
     buffer = _buffer(data)
     return cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
