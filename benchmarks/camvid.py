@@ -36,9 +36,10 @@ def prepare(out: Path) -> None:
 
 
 def run_segdist(recipe: Path, shards: Path, runs: Path, minutes: float, tta: str, name: str = "recipe",
-                overrides: tuple[str, ...] = ()) -> dict:
+                overrides: tuple[str, ...] = (), port: int | None = None) -> dict:
     """Train `recipe` for `minutes` on 2 CPU processes (a new run: an earlier one of `name` is replaced), score it."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml")]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
+              *(["--main_process_port", str(port)] if port else [])]
     subprocess.run([*launch, "-m", "segdist", "train", "--config", str(recipe), f"data.shards={shards}",
                     f"train.runs_dir={runs}", f"train.name={name}", f"train.budget={minutes}m", *overrides,
                     "--overwrite"], check=True, cwd=REPO)

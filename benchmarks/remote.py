@@ -11,7 +11,8 @@ and batch size as segdist's. Both sides normalise in the consuming process (coun
 
 Measured:
   baseline   HTTPFolderDataset, 2 requests per sample
-  segdist    `segdist.data.train_loader.train_loader` with `data.shards=<http URL>`: ranged reads by sample offset
+  segdist    `segdist.data.train_loader.train_loader` with `data.shards=<http URL>` and the node prefetcher,
+             from an empty node cache: whole shards downloaded ahead over kept-alive connections
 
     python benchmarks/remote.py [--images 300] [--workers 2] [--batch 8] [--latency 0.005]
 """
@@ -103,14 +104,24 @@ class HTTPFolderDataset(Dataset):
 
 
 def segdist_batches(cfg, info):  # noqa: ANN001, ANN201
-    """segdist's own training loader reading the shards from the HTTP server: (images, labels) batches."""
+    """segdist's own training loader reading the shards from the HTTP server, with the node prefetcher
+    training starts: (images, labels) batches."""
     from segdist.data.plan import Shape, plan_for
+    from segdist.data.prefetch import node_prefetcher
+    from segdist.data.tar_reader import Reader
     from segdist.data.train_loader import train_loader
 
     plan = plan_for(cfg, info, 0, Shape(cfg.batch_size, 1, 1))
-    with train_loader(cfg, info, plan, rank=0, start=0, end=10**9) as loader:
-        for images, labels, _ in loader:
-            yield images, labels
+    prefetcher = node_prefetcher(plan, Reader.from_config(cfg, info.digests()), 0, 0, 0)
+    try:
+        with train_loader(cfg, info, plan, rank=0, start=0, end=10**9) as loader:
+            for n, (images, labels, _) in enumerate(loader):
+                if prefetcher:
+                    prefetcher.advance(n)
+                yield images, labels
+    finally:
+        if prefetcher:
+            prefetcher.close()
 
 
 def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, augment: dict) -> dict:
@@ -120,7 +131,7 @@ def bench(work: Path, keys: list[str], base_url: str, workers: int, batch: int, 
     from segdist.data.info import load_dataset_info, normalization
 
     cfg = DataConfig(shards=f"{base_url}/shards", crop_size=[384, 384], batch_size=batch, workers=workers,
-                     **augment)
+                     cache_dir=tempfile.mkdtemp(dir=work), **augment)  # a cold node cache: every shard downloaded
     info = load_dataset_info(cfg.shards)  # dataset.json and every shard come over HTTP
     normalize = Normalizer(*normalization(cfg, info))
     prepare = lambda images, labels: (normalize(images), labels.long())  # noqa: E731 - same for both pipelines

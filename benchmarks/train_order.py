@@ -1,16 +1,19 @@
-"""Exact epochs (issue 21): resume cost and loader speed against the streaming loader it replaced, one run.
+"""The training order against an earlier one: resume cost and loader speed, one run.
 
-The baseline is segdist itself at the commit before exact epochs (`--baseline` commit, extracted with
-`git archive` and run from there): its training streams draw shards with replacement and a resume
-decodes every earlier sample of the epoch to skip it. Both run the same commands on the same data.
+The baseline is segdist itself at an earlier commit (`--baseline`, extracted with `git archive` and
+run from there); both run the same commands on the same data. Issue 21 (exact epochs) compared
+with 04e1f15, the streaming loader before it; issue 28 (order v2, the node prefetcher and cache)
+with 9b4a343, order v1 (the default): chunks of 8, ranged HTTP reads one micro-batch ahead, no
+cache unless asked. Every HTTP run starts from an empty node cache (its own XDG_CACHE_HOME).
 
   resume   time from starting `segdist train --resume` to its first training step, resumed at 10%
            and at 90% of a 10,000-sample epoch (synthetic COCO 640x480, shards of 256, 1 process,
            2 loader workers, batch 8; the checkpoint's step count is set to that point)
   loader   `segdist bench-data` images/s on the real CamVid train split (demo recipe's augmentation),
-           1 and 2 loader workers, shards read locally and over HTTP with 5 ms per request
+           1 and 2 loader workers, shards read locally and over HTTP with 5 ms per request (a cold
+           node cache: every shard downloaded in the measured seconds)
 
-    python benchmarks/train_order.py [--parts resume,loader] [--repeat 3] [--baseline 04e1f15]
+    python benchmarks/train_order.py [--parts resume,loader] [--repeat 3] [--baseline 9b4a343]
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ def baseline_tree(commit: str, work: Path) -> Path:
     return target
 
 
-def segdist(tree: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def segdist(tree: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m segdist ARGS` from `tree` (its own package first on the path)."""
-    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "segdist", *args], cwd=tree, env=env, capture_output=True,
                           text=True, check=check)
 
@@ -104,12 +107,15 @@ def part_resume(trees: dict[str, Path], work: Path, repeat: int) -> None:
                 times[name].append(resumed_at(tree, shards, work / "runs", name, share))
         row = {name: statistics.median(t) for name, t in times.items()}
         print(f"  at {share:.0%}: " + ", ".join(f"{n} {v:.1f} s" for n, v in row.items())
-              + f"  (baseline / exact: {row['baseline'] / row['exact']:.2f}x)")
+              + f"  (baseline / current: {row['baseline'] / row['current']:.2f}x)"
+              + (f"  target < 10 s: {'met' if row['current'] < 10 else 'NOT met'}" if share == 0.9 else ""))
 
 
 def bench_data(tree: Path, shards: str, workers: str, seconds: float) -> dict[int, float]:
-    out = segdist(tree, "bench-data", "--config", "configs/demo.yaml", f"data.shards={shards}", "--workers", workers,
-                  "--seconds", str(seconds)).stdout
+    """images/s per worker count, from an empty node cache."""
+    with tempfile.TemporaryDirectory(prefix="segdist-cache-") as cache:
+        out = segdist(tree, "bench-data", "--config", "configs/demo.yaml", f"data.shards={shards}", "--workers",
+                      workers, "--seconds", str(seconds), env={"XDG_CACHE_HOME": cache}).stdout
     return {int(w): float(rate) for w, rate in re.findall(r"^\s+(\d+)\s+([\d.]+)\s", out, re.M)}
 
 
@@ -123,17 +129,25 @@ def part_loader(trees: dict[str, Path], work: Path, repeat: int, seconds: float,
             "--shard-size", "64")
     print(f"\nloader: `segdist bench-data` images/s, CamVid train (367, shards of 64), demo recipe augmentation, "
           f"median of {repeat} x {seconds:g} s")
+    rates: dict = {}
     with FaultyServer(shards, latency=latency) as server:
-        for where, url in (("local", str(shards)), (f"HTTP {latency * 1000:g} ms", server.url)):
-            rates = {name: {1: [], 2: []} for name in trees}
+        for where, url in (("local", str(shards)), ("http", server.url)):
+            rates[where] = {name: {1: [], 2: []} for name in trees}
             for i in range(repeat):
                 for name in (list(trees) if i % 2 == 0 else list(trees)[::-1]):  # alternate which goes first
                     for w, rate in bench_data(trees[name], url, "1,2", seconds).items():
-                        rates[name][w].append(rate)
-            for w in (1, 2):
-                base, exact = (statistics.median(rates[n][w]) for n in ("baseline", "exact"))
-                print(f"  {where:>10}, {w} worker(s): baseline {base:.1f}, exact epochs {exact:.1f} img/s "
-                      f"({exact / base:.2f}x)")
+                        rates[where][name][w].append(rate)
+    median = {(where, name, w): statistics.median(r) for where, by_name in rates.items()
+              for name, by_w in by_name.items() for w, r in by_w.items()}
+    for where, w, target in (("local", 1, 1.0), ("local", 2, 1.0), ("http", 1, None), ("http", 2, 1.2)):
+        base, new = median[where, "baseline", w], median[where, "current", w]
+        verdict = "" if target is None else f"  target >= {target:g}x: {'met' if new / base >= target else 'NOT met'}"
+        label = "local" if where == "local" else f"HTTP {latency * 1000:g} ms"
+        print(f"  {label:>10}, {w} worker(s): baseline {base:.1f}, current {new:.1f} img/s ({new / base:.2f}x)"
+              + verdict)
+    ratio = median["http", "current", 2] / median["local", "current", 2]
+    print(f"  current, 2 workers: HTTP / local copy {ratio:.2f}x  target >= 1.0x: "
+          f"{'met' if ratio >= 1.0 else 'NOT met'}")
 
 
 def main() -> None:
@@ -142,13 +156,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--latency", type=float, default=0.005)
-    parser.add_argument("--baseline", default="04e1f15", help="the commit of the streaming loader")
+    parser.add_argument("--baseline", default="9b4a343", help="the earlier commit (9b4a343: order v1)")
     args = parser.parse_args()
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     print("cpu:", re.search(r"Model name:\s*(.*)", cpu).group(1), f"({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="segdist-order-") as tmp:
         work = Path(tmp)
-        trees = {"baseline": baseline_tree(args.baseline, work), "exact": REPO}
+        trees = {"baseline": baseline_tree(args.baseline, work), "current": REPO}
         if "resume" in args.parts:
             part_resume(trees, work, args.repeat)
         if "loader" in args.parts:

@@ -3,6 +3,14 @@
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_shard_cache(tmp_path_factory):
+    """Remote shards are cached by default under $XDG_CACHE_HOME: one for the session, not the user's."""
+    import os
+
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster shared by all in-process `segdist prepare` calls (saves ~3 s each)."""

@@ -71,6 +71,7 @@ class FaultyServer:
         self._faults: dict[str, list[_Fault]] = {}
         self._lock = threading.Condition()
         self._in_flight = 0  # requests being answered: the log waits for them (see `requests`)
+        self.connections = 0  # TCP connections accepted (keep-alive: fewer than requests)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -159,6 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # the request log is `owner.log`, not stderr
         pass
+
+    def setup(self) -> None:  # one handler per connection
+        super().setup()
+        with self.owner._lock:
+            self.owner.connections += 1
 
     def do_GET(self) -> None:
         self._handle()

@@ -4,6 +4,8 @@
 (40 samples), 14 updates in all. Stopped by a step checkpoint, by SIGUSR1 mid-epoch, exactly at an
 epoch's end and in the third epoch; resumed on 1 process (accumulation 2) and on 2 processes x 1
 worker. samples.jsonl (train.record_samples) says which sample keys every rank trained on at each step.
+Resumed on another global batch (1 process x 6, 3 processes x 4), the epoch goes on from the
+checkpoint's place in its order and the LR schedule over the samples left.
 """
 
 from __future__ import annotations
@@ -118,12 +120,49 @@ def test_a_signal_resumes_on_another_shape_with_the_same_samples(shards, straigh
     assert json.loads((run / "summary.json").read_text())["samples_decoded"] == (14 - stop) * 8
 
 
-def test_a_resume_that_cannot_keep_the_global_batch_or_the_data_is_refused_and_writes_nothing(
-        shards, straight, tmp_path):
+def epoch_keys(run: Path) -> dict[int, list[str]]:
+    """Every epoch's sample keys over all steps and ranks (samples.jsonl's epoch of each step)."""
+    epochs: dict[int, list[str]] = {}
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        epochs.setdefault(record["epoch"], []).extend(record["keys"])
+    return epochs
+
+
+def lr_at(run: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return {line["step"]: line["lr"] for line in lines}
+
+
+@pytest.mark.parametrize("then,overrides,global_batch,steps", [
+    ("1x6", ["data.batch_size=6"], 6, 15),  # 88 samples left = 14.7 steps of 6
+    ("3x4", [], 12, 7),  # 8 samples cannot be cut over 3 processes: the configured 4 x 3
+], ids=["one_process_batch_6", "three_processes"])
+def test_a_resume_on_another_global_batch_reads_every_sample_of_the_epoch_once(
+        shards, straight, then, overrides, global_batch, steps):
+    run = copy_run(straight, f"to_{then}")
+    out = run_train(shards, run.parent, *RUN, f"train.name=to_{then}", *overrides,
+                    f"--resume-from={run / 'checkpoints/step_00000003'}", launch=launcher(3) if then == "3x4" else None)
+    assert f"global batch changes from 8 to {global_batch}" in out or f"= {global_batch} samples a batch" in out, out
+    assert "continuing at sample 24 of epoch 0" in out and f"it ends at step {3 + steps}" in out
+    epochs = epoch_keys(run)
+    assert len(epochs[0]) == 24 + (40 - 24) // global_batch * global_batch  # 3 old steps, the rest in whole batches
+    for keys in epochs.values():
+        assert len(keys) == len(set(keys))  # no sample twice in an epoch
+    assert len(epochs[1]) == 40 // global_batch * global_batch
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["max_steps"] == 3 + steps and summary["samples_decoded"] == steps * global_batch
+    lr = lr_at(run)
+    assert lr[3] == lr_at(straight)[3] and 0.75 * lr[3] < lr[4] < lr[3]  # the poly decay goes on from where it was
+    assert lr[3 + steps] == pytest.approx(lr_at(straight)[14], rel=0.05)  # and ends where it would have
+    state = json.loads((run / f"checkpoints/step_{3 + steps:08d}/segdist_state.json").read_text())
+    assert state["order"]["origin"] == {"update": 3, "epoch": 0, "sample": 24, "nodes": 1}
+    assert state["replans"] == [[3, 3 + steps]]
+
+
+def test_a_resume_on_data_that_changed_is_refused_and_writes_nothing(shards, straight, tmp_path):
     run = copy_run(straight, "refused")
     before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
-    out = run_train(shards, run.parent, *RUN, "train.name=refused", launch=launcher(3), resume=True, expect=-1)
-    assert "the run's global batch is 8 samples" in out and "3 process(es) cannot keep it" in out
     other = synthetic_shards(tmp_path / "other", images=40, val_images=8, seed=6, width=96, height=80,
                              shard_size=7, keep_empty=True)
     out = run_train(other, run.parent, *RUN, "train.name=refused", resume=True, expect=2)

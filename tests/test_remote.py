@@ -5,10 +5,12 @@ server on 127.0.0.1, and moto's S3 server (behind the same fault-injecting proxy
 """
 
 import json
+import os
 import shutil
+import subprocess
 
 import pytest
-from helpers import launcher, rank_lines, run_train, synthetic_shards
+from helpers import REPO, launcher, rank_lines, run_train, synthetic_shards, train_cmd
 
 pytestmark = pytest.mark.slow
 TRAIN = ["train.max_steps=6", "data.epoch_samples=48", "data.retries=3", "train.log_every=2"]
@@ -69,10 +71,39 @@ def test_a_shard_that_stays_unavailable_is_counted_and_skipped_on_every_rank(loc
     assert f"skipped shard {url}/{dead}" in out
 
 
-def test_a_pipe_command_serves_the_shards(local_shards, tmp_path):
-    shards = f"pipe:cat {local_shards}/{{name}}"
-    run_train(shards, tmp_path, "train.max_steps=2", "data.epoch_samples=16", "data.workers=0", "train.name=pipe")
+def test_a_pipe_command_serves_the_shards_each_read_once(local_shards, tmp_path):
+    log = tmp_path / "pipe.log"
+    shards = f"pipe:echo {{name}} >> {log}; cat {local_shards}/{{name}}"
+    run_train(shards, tmp_path, "train.max_steps=20", "data.workers=2", "train.name=pipe", "train.val_every=100")
+    train = [s["name"] for s in json.loads((local_shards / "dataset.json").read_text())["splits"]["train"]["shards"]]
+    runs = [line for line in log.read_text().split() if line in train]
+    assert sorted(runs) == sorted(train)  # 2 epochs of 48 samples: each shard's command ran once (node cache)
     assert _evaluate(tmp_path / "pipe", shards)["confusion"] == _evaluate(tmp_path / "pipe", local_shards)["confusion"]
+
+
+def test_two_nodes_download_disjoint_shards_once_each_over_kept_alive_connections(local_shards, http_server,
+                                                                                   tmp_path):
+    url = _served(local_shards, http_server)
+    port = launcher()[-1]
+    command = train_cmd(url, tmp_path, "train.max_steps=10", "data.workers=2", "train.name=nodes", "data.io_timeout=20",
+                        "train.val_every=100", launch=[])
+    nodes = [subprocess.Popen([*launcher(2, "--num_machines", "2", "--machine_rank", str(m), "--main_process_ip",
+                                         "127.0.0.1", "--main_process_port", port), *command],
+                              env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / f"node{m}")), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for m in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
+    manifest = json.loads((local_shards / "dataset.json").read_text())
+    train = {f"/{s['name']}": s["bytes"] for s in manifest["splits"]["train"]["shards"]}
+    gets = [r for r in http_server.log if r.method == "GET" and r.path in train]
+    epochs = 2  # 10 steps of 5: each node's share of an epoch is 5 x batch 4 of the 23+ samples it holds
+    print(f"train shards: {sum(r.body_bytes for r in gets)} bytes in {len(gets)} GETs for {len(train)} shards of "
+          f"{sum(train.values())} bytes; {http_server.connections} connections for {len(http_server.log)} requests")
+    assert sum(r.body_bytes for r in gets) <= 1.1 * epochs * sum(train.values())  # both nodes together
+    assert len(gets) <= 2 * len(train) * epochs
+    cached = [{p.name for p in (tmp_path / f"node{m}/segdist/shards").glob("*.tar")} for m in range(2)]
+    assert cached[0] and cached[1]
+    assert http_server.connections < len(http_server.log)  # connections are kept alive between requests
 
 
 def test_s3_with_a_local_cache_and_faults(local_shards, s3_bucket, s3_proxy, tmp_path):

@@ -45,12 +45,13 @@ class DataConfig:
     shuffle_window: int = 256  # how many places a sample may move within its lane (shards read near one another)
     lanes: int | None = None  # shard lanes the order interleaves (default: 16, at most the shard parts); kept on resume
     chunk: int | None = None  # samples of a shard kept together (one ranged read); null: 1 for local or cached
-    # shards, 8 for remote ones read without data.cache_dir; kept on resume
+    # shards, 8 for remote ones read with data.cache false; kept on resume
     class_balanced: bool = False  # repeat images holding rare classes (repeat-factor sampling)
     balance_threshold: float = 0.3  # repeat images whose rarest class is in fewer than this share
     epoch_samples: int | None = None  # a shorter epoch: its first N positions (default and at most: the split)
-    cache_dir: str | None = None  # node-local cache for remote shards (each downloaded once per node)
-    cache_max_gb: float = 50.0  # the cache's size bound; least recently used shards are evicted
+    cache: bool = True  # remote shards: downloaded whole, ahead of need, into the node's cache (false: ranged reads)
+    cache_dir: str | None = None  # the node-local cache; null: $XDG_CACHE_HOME/segdist/shards (~/.cache/...)
+    cache_max_gb: float = 50.0  # the cache's size bound; shards past their last use, then least recently used go
     retries: int = 5  # transient failures tolerated per remote shard read (resumed where possible)
     io_timeout: float = 30.0  # seconds any network call may take
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped, checked from the header before decoding

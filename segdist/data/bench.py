@@ -1,7 +1,8 @@
 """`segdist bench-data`: the training loader alone, at full speed, to size loader workers before renting GPUs.
 
-Reads the config's training stream (decode, augmentation, batching; no model) for a few seconds
-per worker count and prints images/s per process and per CPU core the loader kept busy. Under
+Reads the config's training stream (decode, augmentation, batching, and for remote shards the
+node's prefetcher; no model) for a few seconds per worker count and prints images/s per process
+and per CPU core the loader kept busy. Under
 `accelerate launch` every process runs its own share and the main process prints the sum too.
 """
 
@@ -10,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from contextlib import closing, nullcontext
 
 import psutil
 
 from segdist.config import Config
 from segdist.data.info import load_dataset_info
 from segdist.data.plan import Shape, plan_for
+from segdist.data.prefetch import node_prefetcher
+from segdist.data.tar_reader import Reader
 from segdist.data.train_loader import train_loader
 from segdist.utils.secrets import redact
 
@@ -32,6 +36,10 @@ def cpu_seconds(process: psutil.Process) -> float:
     return total
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def measure(cfg: Config, workers: int, seconds: float, rank: int = 0, world_size: int = 1) -> dict:
     """Images/s of the training loader with `workers` workers, and the CPU cores it kept busy."""
     info = load_dataset_info(cfg.data.shards)
@@ -39,9 +47,12 @@ def measure(cfg: Config, workers: int, seconds: float, rank: int = 0, world_size
     me = psutil.Process()
     images, start, cpu_start = 0, None, 0.0
     plan = plan_for(data, info, cfg.train.seed, Shape(cfg.data.batch_size, world_size, cfg.optim.accumulate))
-    with train_loader(data, info, plan, rank=rank, start=0,
-                      end=10**9) as loader:
-        for batch, _, _ in loader:
+    prefetcher = node_prefetcher(plan, Reader.from_config(data, info.digests()), rank, local_rank(), 0)  # as training
+    with train_loader(data, info, plan, rank=rank, start=0, end=10**9) as loader, \
+            closing(prefetcher) if prefetcher else nullcontext():
+        for n, (batch, _, _) in enumerate(loader):
+            if prefetcher:
+                prefetcher.advance(n // cfg.optim.accumulate)
             if start is None:  # the first batch pays for worker start-up: not counted
                 start, cpu_start = time.perf_counter(), cpu_seconds(me)
                 continue

@@ -58,13 +58,13 @@ def uniform(*keys: int | np.ndarray) -> np.ndarray:
     return (mix(*keys) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampleIndex:
     """The training samples: shard parts in manifest order, their sample counts and byte offsets."""
 
     urls: tuple[str, ...]
     counts: tuple[int, ...]
-    offsets: tuple[tuple[int, ...], ...]  # each sample's first tar header, per part
+    offsets: tuple[np.ndarray, ...]  # each sample's first tar header, per part (int64: 8 bytes a sample)
     classes: tuple[tuple[tuple[int, ...], ...], ...] | None  # each sample's classes, per part (repeat factors)
 
     @property
@@ -76,6 +76,10 @@ class SampleIndex:
         """Global id of each part's first sample."""
         return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
 
+    def parts_of(self, samples: np.ndarray) -> np.ndarray:
+        """The part of each global sample id."""
+        return np.searchsorted(self.starts, samples, side="right") - 1
+
     def locate(self, sample: int) -> tuple[int, int]:
         """(part, sample within the part) of a global sample id."""
         part = int(np.searchsorted(self.starts, sample, side="right")) - 1
@@ -83,8 +87,13 @@ class SampleIndex:
 
     def fingerprint(self) -> str:
         """A hash of what the order depends on: parts' names, sample counts and offsets."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         names = [url.split("?", 1)[0].rsplit("/", 1)[-1] for url in self.urls]  # not a URL's query (a token)
-        text = json.dumps([names, self.counts, self.offsets], separators=(",", ":"))
+        offsets = [np.asarray(part).tolist() for part in self.offsets]
+        text = json.dumps([names, self.counts, offsets], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -166,6 +175,11 @@ def _items(index: SampleIndex, factors: np.ndarray | None, seed: int,
     copies = repeat_copies(factors, seed, epoch)
     ids, part = np.repeat(ids, copies), np.repeat(part, copies)
     return ids, np.arange(len(ids)) - np.repeat(np.cumsum(copies) - copies, copies), part
+
+
+def part_lanes(parts: int, seed: int, epoch: int, lanes: int) -> np.ndarray:
+    """The lane of each shard part in `epoch` (parts are dealt anew every epoch)."""
+    return _deal(parts, seed, epoch, lanes)[1]
 
 
 def _deal(parts: int, seed: int, epoch: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:

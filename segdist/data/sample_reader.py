@@ -28,8 +28,8 @@ def coalesced_ranges(index: SampleIndex, samples: list[int]) -> list[tuple[int, 
             if item is not None and item == previous + 1:
                 previous = item
                 continue
-            end = offsets[previous + 1] if previous + 1 < count else None  # the last sample: to the end of the part
-            ranges.append((part, ShardRange(index.urls[part], first, previous + 1, offsets[first], end)))
+            end = int(offsets[previous + 1]) if previous + 1 < count else None  # the last sample: to the part's end
+            ranges.append((part, ShardRange(index.urls[part], first, previous + 1, int(offsets[first]), end)))
             if item is not None:
                 first = previous = item
     return ranges

@@ -38,7 +38,8 @@ class Reader:
 
     @classmethod
     def from_config(cls, cfg, expected: Mapping[str, Digest] | None = None) -> "Reader":  # noqa: ANN001 - a DataConfig
-        return cls(storage.RetryPolicy(retries=cfg.retries, timeout=cfg.io_timeout), cfg.cache_dir,
+        cache_dir = (cfg.cache_dir or str(storage.default_cache_root())) if cfg.cache else None
+        return cls(storage.RetryPolicy(retries=cfg.retries, timeout=cfg.io_timeout), cache_dir,
                    int(cfg.cache_max_gb * 2**30), dict(expected or {}))
 
     def open(self, url: str, start: int, end: int | None, stats: storage.StorageStats):  # noqa: ANN201

@@ -45,6 +45,7 @@ class TrainBatches(IterableDataset):
     def __init__(self, plan: TrainPlan, cfg: DataConfig, ignore_index: int, *, rank: int, start: int, end: int,
                  expected: Mapping[str, Digest] | None = None):
         self.plan, self.cfg, self.ignore_index = plan, cfg, ignore_index
+        plan.order_key  # hashed here, once, not in every loader worker (it names the node's shared orders)
         self.rank, self.start, self.end = rank, start, end
         self.reader = Reader.from_config(cfg, expected)
 

@@ -7,13 +7,15 @@ prepare publishes finished files with `publish_file` and the manifest last.
 
     urls.py     URL kinds and join          retry.py   RetryPolicy, StorageStats, ShardUnavailable
     stream.py   resumable reader            cache.py   node-local shard cache (flock, LRU, verified)
-    http.py     urllib ranged GET           s3.py      s3fs ranged GET, put, list (per process)
+    http.py     urllib3 pooled GET          s3.py      s3fs ranged GET, put, list (per process)
     pipe.py     `pipe:COMMAND` (restart and skip)      objects.py  the public operations
 """
 
-from .objects import delete, exists, list_names, open_stream, publish_file, read_bytes, read_json
+from .cache import default_root as default_cache_root
+from .objects import delete, discard, exists, list_names, open_stream, prefetch, publish_file, read_bytes, read_json
 from .retry import RetryPolicy, ShardUnavailable, StorageStats, process_stats
 from .urls import is_local, join, kind
 
-__all__ = ["open_stream", "read_bytes", "read_json", "publish_file", "exists", "list_names", "delete",
+__all__ = ["open_stream", "prefetch", "discard", "default_cache_root", "read_bytes", "read_json", "publish_file",
+           "exists", "list_names", "delete",
            "RetryPolicy", "StorageStats", "ShardUnavailable", "process_stats", "join", "is_local", "kind"]

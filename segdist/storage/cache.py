@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".lock", ".fetch", ".tmp")
 
 
+def default_root() -> Path:
+    """The node cache's default place: $XDG_CACHE_HOME/segdist/shards, else ~/.cache/segdist/shards."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segdist" / "shards"
+
+
 def entry_name(url: str) -> str:
     """A file name unique to the URL and still readable: `<hash16>-<basename>`."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -162,6 +167,10 @@ class ShardCache:
             log.warning("shard cache %s holds %d bytes in use, over its bound of %d", self.root, total,
                         self.max_bytes)
         return freed
+
+    def discard(self, url: str) -> bool:
+        """Delete `url`'s cached copy (past its last use) unless it is in use; returns whether it is gone."""
+        return self._delete_unused(self.path(url))
 
     def _delete_unused(self, path: Path) -> bool:
         fd = _open_lock(path.with_name(path.name + ".lock"))

@@ -1,23 +1,39 @@
-"""HTTP(S) objects through the standard library (`urllib`).
+"""HTTP(S) objects over pooled keep-alive connections (urllib3, HTTP/1.1).
 
-Why urllib and not fsspec's HTTPFileSystem or requests: resuming needs nothing more than a
-`Range` header and a check of the `Content-Range` answer, and urllib gives a socket timeout on
+Why urllib3 and not fsspec's HTTPFileSystem or requests: resuming needs nothing more than a
+`Range` header and a check of the `Content-Range` answer, and urllib3 gives a socket timeout on
 connect and on every read with no event loop (HTTPFileSystem runs aiohttp on a background thread,
-which does not survive fork into DataLoader workers, and hides its own retries from our counts)
-and no extra dependency. One caveat handled here: `HTTPResponse.readinto` returns 0 when the server
-closes early instead of raising, so the body tracks the bytes it was promised (`remaining`).
+which does not survive fork into DataLoader workers, and hides its own retries from our counts).
+Each process keeps one pool (made again after a fork) whose connections stay open between
+requests: a body read to its end hands its connection back, one closed early drops it. Its
+errors leave as OSErrors, which segdist.storage.retry classifies. One caveat handled here: a
+server closing early can look like a short body, so the body tracks the bytes it was promised
+(`remaining`).
 """
 
 from __future__ import annotations
 
+import os
 import re
-import urllib.error
-import urllib.request
+import threading
+
+import urllib3
 
 from ..utils.secrets import redact, split_userinfo
 from .retry import HTTPStatusError, PermanentError
 
 USER_AGENT = "segdist-storage"
+_pools: dict[int, urllib3.PoolManager] = {}
+_pools_lock = threading.Lock()
+
+
+def pool() -> urllib3.PoolManager:
+    """This process's connection pool (a child of fork makes its own: sockets are not shared)."""
+    with _pools_lock:
+        if os.getpid() not in _pools:
+            _pools.clear()
+            _pools[os.getpid()] = urllib3.PoolManager(num_pools=16, maxsize=8, retries=False, block=False)
+        return _pools[os.getpid()]
 
 
 class HTTPBody:
@@ -25,26 +41,50 @@ class HTTPBody:
 
     def __init__(self, response, remaining: int | None):
         self.response, self.remaining = response, remaining
+        self.done = False
 
     def readinto(self, buffer: memoryview) -> int:
-        return self.response.readinto(buffer)
+        try:
+            count = self.response.readinto(buffer)
+        except urllib3.exceptions.HTTPError as error:
+            raise ConnectionError(str(error)) from None
+        self.done = count == 0
+        return count
 
     def close(self) -> None:
-        self.response.close()
+        if self.done:
+            self.response.release_conn()  # read to its end: the connection serves the next request
+        else:
+            self.response.close()  # bytes still on the wire: the connection cannot be reused
+
+
+def get(url: str, headers: dict, timeout: float, method: str = "GET"):  # noqa: ANN201 - urllib3's response
+    """One request on the pool, body not read yet; a failure to connect or send is an OSError."""
+    url, authorization = split_userinfo(url)
+    headers = {"User-Agent": USER_AGENT, **headers}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    try:
+        # a body cut short reads as short (not an error that drops what arrived): `remaining` sees it, and
+        # the retry resumes at the exact byte
+        return pool().request(method, url, headers=headers, preload_content=False, redirect=True,
+                              enforce_content_length=False, timeout=urllib3.Timeout(connect=timeout, read=timeout))
+    except urllib3.exceptions.HTTPError as error:
+        raise ConnectionError(redact(str(error))) from None
 
 
 def open_http(url: str, start: int, end: int | None, timeout: float) -> HTTPBody:
     """GET `url` from byte `start` (to `end`, exclusive); a server ignoring Range is skipped forward."""
-    headers = {"User-Agent": USER_AGENT}
+    headers = {}
     if start or end is not None:
         headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-    try:
-        response = urllib.request.urlopen(request(url, headers), timeout=timeout)
-    except urllib.error.HTTPError as error:
-        error.close()
-        if error.code == 416:  # the range starts at or past the end: nothing to read
-            return HTTPBody(_Empty(), 0)
-        raise HTTPStatusError(url, error.code, str(error.reason)) from None
+    response = get(url, headers, timeout)
+    if response.status == 416:  # the range starts at or past the end: nothing to read
+        response.drain_conn()
+        return HTTPBody(_Empty(), 0)
+    if response.status >= 400:
+        response.drain_conn()
+        raise HTTPStatusError(url, response.status, response.reason or "")
     length = response.headers.get("Content-Length")
     remaining = int(length) if length is not None else None
     if response.status == 206:
@@ -60,22 +100,11 @@ def open_http(url: str, start: int, end: int | None, timeout: float) -> HTTPBody
 
 def head_status(url: str, timeout: float) -> int:
     """The status of a HEAD request (404 answered, not raised)."""
-    try:
-        with urllib.request.urlopen(request(url, {"User-Agent": USER_AGENT}, "HEAD"), timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        error.close()
-        if error.code in (404, 410):
-            return error.code
-        raise HTTPStatusError(url, error.code, str(error.reason)) from None
-
-
-def request(url: str, headers: dict, method: str | None = None) -> urllib.request.Request:
-    """A Request for `url`; `user:password@` in it is sent as HTTP Basic auth (urllib would take it for the host)."""
-    url, authorization = split_userinfo(url)
-    if authorization is not None:
-        headers = {**headers, "Authorization": authorization}
-    return urllib.request.Request(url, headers=headers, method=method)
+    response = get(url, {}, timeout, method="HEAD")
+    response.drain_conn()
+    if response.status < 400 or response.status in (404, 410):
+        return response.status
+    raise HTTPStatusError(url, response.status, response.reason or "")
 
 
 def _content_range_start(header: str) -> int | None:
@@ -85,7 +114,10 @@ def _content_range_start(header: str) -> int | None:
 
 def _skip(response, count: int, url: str) -> None:
     while count:
-        chunk = response.read(min(count, 1 << 20))
+        try:
+            chunk = response.read(min(count, 1 << 20))
+        except urllib3.exceptions.HTTPError as error:
+            raise ConnectionError(str(error)) from None
         if not chunk:
             raise ConnectionError(f"{redact(url)}: body ended while skipping to the resume offset")
         count -= len(chunk)
@@ -96,4 +128,7 @@ class _Empty:
         return 0
 
     def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
         pass

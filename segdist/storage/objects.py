@@ -58,6 +58,18 @@ def _check_local_size(url: str, expected: Digest | None, stats: StorageStats | N
                      "prepare", stats)
 
 
+def prefetch(url: urls.Url, cache_dir: str | os.PathLike, *, cache_max_bytes: int | None = None,
+             retry: RetryPolicy = DEFAULT_POLICY, stats: StorageStats | None = None,
+             expected: Digest | None = None) -> None:
+    """Download a remote object whole into the node cache unless it is there (as `open_stream` would)."""
+    _acquire_verified(ShardCache(cache_dir, cache_max_bytes), str(url), expected, retry, stats)[1]()
+
+
+def discard(url: urls.Url, cache_dir: str | os.PathLike) -> bool:
+    """Delete `url`'s cached copy unless a process is reading it; returns whether it is gone."""
+    return ShardCache(cache_dir).discard(str(url))
+
+
 def _acquire_verified(cache: ShardCache, url: str, expected: Digest | None, retry: RetryPolicy,
                       stats: StorageStats | None) -> tuple[Path, Callable[[], None]]:
     """The cache's file of `url`; a download that is not `expected` is fetched again, then given up."""

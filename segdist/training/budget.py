@@ -34,6 +34,7 @@ import torch
 
 from segdist.config import parse_duration
 from segdist.data.eval_loader import eval_loader
+from segdist.data.plan import Origin
 from segdist.data.train_loader import train_loader
 from segdist.distributed import agree
 from segdist.errors import DataError
@@ -110,7 +111,7 @@ def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a 
     saved = (copy.deepcopy(accelerator.unwrap_model(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()),
              torch.get_rng_state(), np.random.get_state(), random.getstate())
     batches = (steps + warmup) * cfg.optim.accumulate
-    plan = dataclasses.replace(s.plan, seed=s.plan.seed + 7919, _orders={})  # another order: not the run's samples
+    plan = dataclasses.replace(s.plan, seed=s.plan.seed + 7919, origin=Origin(), _orders={})  # not the run's samples
     loader = train_loader(cfg.data, s.info, plan, rank=accelerator.process_index, start=0, end=batches)
     with loader:
         for i, (images, labels, _) in enumerate(loader):

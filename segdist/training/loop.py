@@ -21,11 +21,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import closing, nullcontext
 
 import torch
 from tqdm import tqdm
 
 from segdist.config import Config, save_config
+from segdist.data.prefetch import node_prefetcher
+from segdist.data.tar_reader import Reader
 from segdist.data.train_loader import train_loader
 from segdist.errors import CheckpointError
 from segdist.runs import checkpoints
@@ -47,8 +50,10 @@ def main(cfg: Config, resume: str | None = None, overwrite: bool = False, resume
     # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
     end = s.total_batches * (MAX_GROWTH if s.budget_check else 1)
     loader = train_loader(cfg.data, s.info, s.plan, rank=s.accelerator.process_index, start=s.state["batch"], end=end)
+    s.prefetcher = node_prefetcher(s.plan, Reader.from_config(cfg.data, s.info.digests()),
+                                   s.accelerator.process_index, s.accelerator.local_process_index, s.state["update"])
     bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train", dynamic_ncols=True)
-    with loader, bar:  # closed on every path: workers released, an error message starts on a new line
+    with loader, bar, closing(s.prefetcher) if s.prefetcher else nullcontext():  # closed on every path
         batches = iter(loader)
         while True:
             if epoch_end_due(s):
@@ -69,15 +74,16 @@ def epoch_end_due(s: Session) -> bool:
     True after a resume from a checkpoint written on an epoch's last batch before its end (a stop
     signal there), so the resumed run validates exactly where the uninterrupted one did.
     """
-    batch = s.state["batch"]
-    at_boundary = batch > 0 and (batch % s.per_epoch == 0 or batch >= s.total_batches)
-    return at_boundary and s.state["validated_at"] != batch
+    batch, accumulate = s.state["batch"], s.plan.shape.accumulate
+    ends_epoch = batch % accumulate == 0 and s.plan.is_epoch_end(batch // accumulate)
+    return batch > 0 and (ends_epoch or batch >= s.total_batches) and s.state["validated_at"] != batch
 
 
 def train_one_epoch(s: Session, batches, bar: tqdm) -> str:  # noqa: ANN001
     """Step until the epoch (or the run) ends; returns 'done', 'signal' or 'nonfinite'."""
     accelerator, state = s.accelerator, s.state
-    boundary = (state["batch"] // s.per_epoch + 1) * s.per_epoch
+    accumulate = s.plan.shape.accumulate
+    boundary = s.plan.next_epoch_end(state["batch"] // accumulate) * accumulate
     s.model.train()
     pending_loss, micro = torch.zeros((), device=accelerator.device), 0
     while state["batch"] < (epoch_end := min(boundary, s.total_batches)):  # a budget check may move the end
@@ -139,7 +145,7 @@ def record_samples(s: Session) -> None:
     if not s.cfg.train.record_samples:
         return
     update = s.state["update"]
-    line = json.dumps({"step": update, "epoch": (update - 1) // s.plan.updates_per_epoch,
+    line = json.dumps({"step": update, "epoch": s.plan.where(update - 1)[0],
                        "rank": s.accelerator.process_index, "keys": keys}) + "\n"
     with open(s.run_dir / "samples.jsonl", "a") as f:  # O_APPEND: every rank's lines stay whole
         f.write(line)
@@ -148,6 +154,8 @@ def record_samples(s: Session) -> None:
 def after_update(s: Session, bar: tqdm, epoch_end: int) -> None:
     """The periodic work after an optimizer step: log lines, the budget's check, a step checkpoint."""
     update, cfg = s.state["update"], s.cfg
+    if s.prefetcher is not None:
+        s.prefetcher.advance(update)
     if update % cfg.train.log_every == 0:
         log_interval(s, bar)
     if s.budget_check and update >= s.budget_check.at_update and s.step_clock.updates >= PACE_UPDATES:
@@ -176,7 +184,7 @@ def end_of_epoch(s: Session) -> str:
     """Validate (every val_every epochs and at the end), step the plateau scheduler, keep the best, checkpoint."""
     cfg, state = s.cfg, s.state
     finished = state["batch"] >= s.total_batches
-    state["epoch"] = math.ceil(state["batch"] / s.per_epoch)
+    state["epoch"] = s.plan.epochs_begun(math.ceil(state["batch"] / s.plan.shape.accumulate))
     stop = "done"
     if state["epoch"] % cfg.train.val_every == 0 or finished:
         stop = validate_and_keep_best(s)

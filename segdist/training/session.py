@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -22,7 +20,7 @@ import torch
 from segdist.config import Config, save_config
 from segdist.data.augment import Normalizer
 from segdist.data.info import DatasetInfo, load_dataset_info, normalization
-from segdist.data.plan import Shape, TrainPlan, fit_shape, plan_for
+from segdist.data.plan import TrainPlan, carried_end, saved_plan
 from segdist.data.train_loader import SKIP_REASONS
 from segdist.distributed import make_accelerator, sync_batchnorm
 from segdist.errors import CheckpointError, ConfigError, DataError
@@ -33,6 +31,7 @@ from segdist.training import freeze, trackers
 from segdist.training.budget import Check, StepClock
 from segdist.training.logbook import Interval, truncate_log
 from segdist.training.optim import build_criterion, build_optimizer, build_scheduler, refit_schedule
+from segdist.training.run_plan import saved_state, training_plan
 from segdist.utils.files import write_json_atomic
 from segdist.utils.secrets import redact
 
@@ -83,6 +82,8 @@ class Session:
     budget_check: Check | None = None  # when a budget run next re-plans its step count (budget.replan)
     step_keys: list = field(default_factory=list)  # sample keys of this rank's micro-batches since the last update
     resume_inexact: bool = False  # --resume-inexact: go on when the checkpoint's RNG states cannot be restored
+    asked: dict = field(default_factory=dict)  # the configured batch_size and accumulate (before a resume fits them)
+    prefetcher: Any = None  # the node's shard prefetcher (data/prefetch.py) on a node's first process
 
     @property
     def per_epoch(self) -> int:
@@ -125,6 +126,7 @@ def setup(cfg: Config, resume: str | None, started: float | None = None, overwri
     run_dir = Path(cfg.train.runs_dir) / cfg.train.name
     check_run_dir(cfg, run_dir, resume, overwrite)  # every rank, before anything is written
     resume_from = checkpoints.find_resume(run_dir, resume)
+    asked = {"batch": cfg.data.batch_size, "accumulate": cfg.optim.accumulate}
     plan = training_plan(cfg, info, resume_from)  # before anything is written: a resume it cannot continue stops here
     accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
                                    timeout_s=cfg.train.collective_timeout,
@@ -155,7 +157,8 @@ def setup(cfg: Config, resume: str | None, started: float | None = None, overwri
         model = torch.compile(model)
     return Session(cfg, info, accelerator, run_dir, model, optimizer, build_criterion(cfg, info).to(accelerator.device),
                    Normalizer(*normalization(cfg.data, info)).to(accelerator.device), ema, plan, resume_from,
-                   channels_last, time.time() if started is None else started, resume_inexact=resume_inexact)
+                   channels_last, time.time() if started is None else started, resume_inexact=resume_inexact,
+                   asked=asked)
 
 
 def initial_model(cfg: Config, info: DatasetInfo, accelerator, run_dir: Path,  # noqa: ANN001
@@ -196,26 +199,6 @@ def check_run_dir(cfg: Config, run_dir: Path, resume: str | None, overwrite: boo
                         f"choose another train.name")
 
 
-def training_plan(cfg: Config, info: DatasetInfo, resume_from: Path | None) -> TrainPlan:
-    """The order and the global batch's shape on this job's processes.
-
-    A resumed run keeps the checkpoint's order and global batch: with another process count the
-    accumulation (else the per-process batch) adapts, written into `cfg` and said once.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    saved = saved_state(resume_from).get("order", {}) if resume_from is not None else None
-    shape = Shape(cfg.data.batch_size, world, cfg.optim.accumulate)
-    if saved and "global_batch" in saved:
-        shape, change = fit_shape(saved["global_batch"], cfg.data.batch_size, cfg.optim.accumulate, world)
-        if change and os.environ.get("RANK", "0") == "0":
-            print(f"segdist: resuming a global batch of {shape.global_batch} samples on {world} process(es): "
-                  f"{change}", flush=True)
-        cfg.data.batch_size, cfg.optim.accumulate = shape.batch, shape.accumulate
-    plan = plan_for(cfg.data, info, cfg.train.seed, shape, saved)
-    cfg.data.lanes, cfg.data.shuffle_window, cfg.data.chunk = plan.lanes, plan.window, plan.chunk  # into config.yaml
-    return plan
-
-
 def start(s: Session, steps: int) -> None:
     """Fix the step count: LR schedule, config.yaml; then restore `--resume`'s checkpoint and start the trackers."""
     from accelerate.utils import set_seed
@@ -223,9 +206,7 @@ def start(s: Session, steps: int) -> None:
     cfg, accelerator = s.cfg, s.accelerator
     s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = steps
     s.state["unfreeze_at"] = freeze.unfreeze_step(cfg.model.freeze_encoder, steps)
-    s.state["order"], s.state["shape"] = s.plan.state(), vars(s.plan.shape).copy()
-    if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
-        save_config(cfg, s.run_dir / "config.yaml")
+    s.state["order"], s.state["shape"], s.state["asked"] = s.plan.state(), vars(s.plan.shape).copy(), s.asked
     s.total_batches = steps * cfg.optim.accumulate
     s.scheduler = build_scheduler(cfg.optim, s.optimizer, steps)
     # Stochastic layers (dropout) draw differently on each rank; checkpoints save every rank's RNG.
@@ -233,7 +214,8 @@ def start(s: Session, steps: int) -> None:
     if s.resume_from is not None:
         restore(s, s.resume_from)
         refit_schedule(s.scheduler, cfg.optim, s.state["planned_steps"], s.state["replans"])
-    if s.main:
+    if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
+        save_config(cfg, s.run_dir / "config.yaml")
         trackers.start(accelerator, cfg, s.run_dir)
         truncate_log(s.run_dir / "train_log.jsonl", s.state["update"])
         truncate_log(s.run_dir / "samples.jsonl", s.state["update"])
@@ -261,9 +243,30 @@ def restore(s: Session, path: Path) -> None:
         s.ema.load_state_dict(load_file(str(ema_file)))
     saved = saved_state(path)
     skipped = {**dict.fromkeys(SKIP_REASONS, 0), **saved.get("data_skipped", {})}  # reasons added since it was saved
-    s.state.update(saved, data_skipped=skipped, order=s.plan.state(), shape=vars(s.plan.shape).copy())
+    s.state.update(saved, data_skipped=skipped, order=s.plan.state(), shape=vars(s.plan.shape).copy(), asked=s.asked)
     rescale_batches(s, saved["shape"]["accumulate"])
+    if saved["order"]["global_batch"] != s.plan.shape.global_batch:
+        carry_steps(s, saved)
     s.say(f"resumed from {path} at step {s.state['update']}")
+
+
+def carry_steps(s: Session, saved: dict) -> None:
+    """The rest of a run resumed on another global batch, in samples: its end moves to the end of the
+    same epoch (or after as many samples), and the LR schedule is refitted at the resume step as a
+    budget's re-plan is (optim.lr_factor), so it keeps its shape over the samples still to come."""
+    update, was = s.state["update"], saved["max_steps"]
+    before = saved_plan(s.plan, saved["order"])
+    steps = carried_end(before, s.plan, was, update)
+    unfreeze_at = s.state["unfreeze_at"]
+    if unfreeze_at > update:
+        s.state["unfreeze_at"] = carried_end(before, s.plan, unfreeze_at, update)
+    if steps != was:
+        s.state["replans"].append([update, steps])
+    s.state["max_steps"] = s.cfg.train.max_steps = steps
+    s.total_batches = steps * s.plan.shape.accumulate
+    s.say(f"segdist: the run's {was - update} remaining steps of {before.shape.global_batch} samples are "
+          f"{steps - update} steps of {s.plan.shape.global_batch}: it ends at step {steps}; the LR schedule "
+          "continues over the same samples")
 
 
 def rescale_batches(s: Session, saved_accumulate: int) -> None:
@@ -275,8 +278,3 @@ def rescale_batches(s: Session, saved_accumulate: int) -> None:
     s.state["batch"] = s.state["update"] * accumulate
     s.state["validated_at"] = s.state["validated_at"] // saved_accumulate * accumulate
     s.accelerator.step = s.state["update"] * accumulate  # accelerate's micro-step count decides when to sync
-
-
-def saved_state(checkpoint: Path) -> dict:
-    """The loop state a checkpoint holds (segdist_state.json)."""
-    return json.loads((checkpoint / checkpoints.STATE_FILE).read_text())
