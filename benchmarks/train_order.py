@@ -90,7 +90,7 @@ def resumed_at(tree: Path, shards: Path, runs: Path, name: str, share: float) ->
     started = time.time()
     segdist(tree, "train", "--config", "configs/demo.yaml", f"data.shards={shards}", f"train.runs_dir={runs}",
             f"train.name={name}", f"train.max_steps={state['max_steps']}", "train.checkpoint_every=0", *TINY,
-            f"--resume={moved}")
+            f"--resume-from={moved}")
     first = next(json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()
                  if json.loads(line)["step"] == state["update"] + 1)
     return first["time"] - started

@@ -3,6 +3,9 @@
     info.py           DatasetInfo from dataset.json (local or remote), normalisation
     order.py          the global sample order of an epoch: a pure function of (seed, epoch, dataset)
     plan.py           the run's order and global batch shape; what a resume must agree with
+    nodes.py          which positions each node reads, so that nodes read disjoint shards (remote data)
+    shared_orders.py  an epoch's order built once per node, shared as a memory-mapped file
+    prefetch.py       the node's prefetcher: remote shards into the node cache ahead of training
     train_loader.py   each process's micro-batches, read by position from the epoch's order
     sample_reader.py  samples read by byte offset: neighbours coalesced, parts in parallel
     eval_loader.py    every sample of a split once across (process, worker) slots, padded batches
