@@ -41,9 +41,9 @@ def shared_order(key: str, epoch: int, build: Callable[[], np.ndarray], root: Pa
                 np.save(f, np.ascontiguousarray(build(), np.int64))
             os.replace(temporary, path)
             _forget_old(root, key, epoch)
+        return np.load(path, mmap_mode="r")  # under the lock: a writer of a later epoch may delete this file
     finally:
         os.close(fd)
-    return np.load(path, mmap_mode="r")
 
 
 def _forget_old(root: Path, key: str, epoch: int) -> None:
