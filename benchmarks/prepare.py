@@ -266,7 +266,7 @@ def conversion_profile(root: Path, work: Path, limit: int = 200) -> dict[str, fl
 
     import cv2
 
-    from segdist.prepare import coco, coco_json, coco_select
+    from segdist.prepare.sources.coco import annotation_file as coco_json, render as coco, select as coco_select
     from segdist.prepare.inputs import encode_png, read_image
     from segdist.prepare.task import ShardTask, label_counts, run_shard_task
 
@@ -340,7 +340,7 @@ def _parse_one(how: str, ann_file: Path, conn) -> None:  # noqa: ANN001 - a Pipe
     """In a fresh process: read the file one way; send back (seconds, peak RSS in MiB)."""
     import resource
 
-    from segdist.prepare import coco_json, coco_select
+    from segdist.prepare.sources.coco import annotation_file as coco_json, select as coco_select
 
     start = time.perf_counter()
     if how == "pycocotools COCO()":

@@ -1,6 +1,6 @@
 """segdist: distributed training and evaluation for semantic segmentation.
 
-The Python API (segdist.api): prepare_coco, prepare_cityscapes, prepare_folder, verify, train,
+The Python API (segdist.api): prepare_dataset (and prepare_coco, prepare_cityscapes, prepare_folder), verify, train,
 load_run, evaluate. The packages, imports pointing down only (checked by import-linter, pyproject.toml):
 
     cli.py, demo.py     the command line and the built-in demo
@@ -16,8 +16,9 @@ load_run, evaluate. The packages, imports pointing down only (checked by import-
     errors.py version.py
 """
 
-from segdist.api import evaluate, load_run, prepare_cityscapes, prepare_coco, prepare_folder, train, verify
+from segdist.api import (evaluate, load_run, prepare_cityscapes, prepare_coco, prepare_dataset, prepare_folder, train,
+                         verify)
 from segdist.version import __version__
 
-__all__ = ["__version__", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run",
+__all__ = ["__version__", "prepare_dataset", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run",
            "evaluate"]

@@ -25,95 +25,69 @@ if TYPE_CHECKING:
     from segdist.config import Config
     from segdist.runs.run import Run
 
-__all__ = ["prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run", "evaluate"]
+__all__ = ["prepare_dataset", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run",
+           "evaluate"]
 
 
-def prepare_coco(images: str | Path, annotations: str | Path, classes: str | Sequence[str], out: str | Path, *,
-                 workers: int | None = None, address: str | None = None, overwrite: bool = False,
-                 work_dir: str | Path | None = None, **options: Any) -> dict:
-    """Convert COCO instance annotations for a class subset into WebDataset shards with Ray.
+def prepare_dataset(source: str, out: str | Path, *, workers: int | None = None, address: str | None = None,
+                    overwrite: bool = False, work_dir: str | Path | None = None, **options: Any) -> dict:
+    """Convert a dataset from one of `segdist prepare`'s sources into WebDataset shards with Ray.
 
     Args:
-        images: the folder of the images the annotations name (e.g. coco/train2017).
-        annotations: a COCO instances JSON (e.g. instances_train2017.json).
-        classes: COCO names or ids, a list or comma-separated; the label is the position (0 = background).
-        out: a dataset directory (e.g. shards/coco3) or an s3://bucket/prefix.
+        source: "coco", "cityscapes", "voc", "ade20k", "labelme" or "folder" (segdist.prepare.sources.SOURCES).
+        out: a dataset directory (e.g. shards/voc) or an s3://bucket/prefix.
         workers: Ray tasks at once (default: every core of the cluster).
         address: an existing Ray cluster's address (default: start a local one).
         overwrite: replace the splits this run writes.
         work_dir: with an s3:// `out`, where shards are converted before upload.
-        **options: those of `segdist prepare coco` with `_` for `-`: split ("train"), splits
-            ({"train": 0.8, "val": 0.2}), per_class, seed, overlap ("area", "order", "ignore",
-            "ignore-between-classes"), crowd ("ignore", "label"), keep_empty, ignore_index,
-            max_pixels, shard_size (256), shard_bytes.
+        **options: those of `segdist prepare SOURCE` with `_` for `-` (`--list` is list_file, `--map`
+            value_map), plus ignore_index, max_pixels, shard_size (256) and shard_bytes; classes as a
+            list, a comma-separated string or "@FILE".
 
     Returns:
         The dataset's dataset.json as a dict (classes, palette, per-split samples, shards, statistics).
 
     Example:
+        >>> segdist.prepare_dataset("voc", "shards/voc", root="VOCdevkit/VOC2012", split="train",
+        ...                         sbd="benchmark_RELEASE/dataset")
+    """
+    from segdist.prepare.run import prepare
+    from segdist.prepare.sources import source as find_source
+
+    chosen = find_source(source)
+    return prepare(lambda: chosen.job(**options), out, workers=workers, address=address, overwrite=overwrite,
+                   work_dir=work_dir)
+
+
+def prepare_coco(images: str | Path, annotations: str | Path, classes: str | Sequence[str], out: str | Path,
+                 **options: Any) -> dict:
+    """`prepare_dataset("coco", out, images=, annotations=, classes=, ...)`: COCO instances for a class subset.
+
+    Example:
         >>> segdist.prepare_coco("coco/val2017", "coco/annotations/instances_val2017.json",
         ...                      ["person", "bicycle", "car"], "shards/coco3", split="val")
     """
-    from segdist.prepare.jobs import coco_job
-    from segdist.prepare.run import prepare
-
-    names = list(classes) if not isinstance(classes, str) else classes
-    return prepare(lambda: coco_job(images, annotations, names, **options), out, workers=workers, address=address,
-                   overwrite=overwrite, work_dir=work_dir)
+    return prepare_dataset("coco", out, images=images, annotations=annotations, classes=classes, **options)
 
 
-def prepare_cityscapes(root: str | Path, split: str, out: str | Path, *, workers: int | None = None,
-                       address: str | None = None, overwrite: bool = False, work_dir: str | Path | None = None,
-                       **options: Any) -> dict:
-    """Convert a Cityscapes split (leftImg8bit + gtFine labelIds) into shards of the 19 trainIds.
-
-    Args:
-        root: the Cityscapes folder holding leftImg8bit/ and gtFine/.
-        split: "train", "val" or "test".
-        out, workers, address, overwrite, work_dir: as for `prepare_coco`.
-        **options: image_format ("png" keeps the bytes, "jpeg" transcodes), ignore_index, max_pixels,
-            shard_size, shard_bytes.
-
-    Returns:
-        The dataset's dataset.json as a dict.
+def prepare_cityscapes(root: str | Path, split: str, out: str | Path, **options: Any) -> dict:
+    """`prepare_dataset("cityscapes", out, root=, split=, ...)`: a Cityscapes split as the 19 trainIds.
 
     Example:
         >>> segdist.prepare_cityscapes("cityscapes", "val", "shards/cityscapes")
     """
-    from segdist.prepare.jobs import cityscapes_job
-    from segdist.prepare.run import prepare
-
-    return prepare(lambda: cityscapes_job(root, split, **options), out, workers=workers, address=address,
-                   overwrite=overwrite, work_dir=work_dir)
+    return prepare_dataset("cityscapes", out, root=root, split=split, **options)
 
 
-def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequence[str], out: str | Path, *,
-                   workers: int | None = None, address: str | None = None, overwrite: bool = False,
-                   work_dir: str | Path | None = None, **options: Any) -> dict:
-    """Convert an image folder and a mask folder, paired by file stem, into shards.
-
-    Args:
-        images: the image folder.
-        masks: the mask folder: index masks (class ids) or colour masks (with `palette`).
-        classes: names, a list or comma-separated; a mask value is the position in it.
-        out, workers, address, overwrite, work_dir: as for `prepare_coco`.
-        **options: split ("train"), palette (a JSON file of colours), source_ignore (a mask value
-            meaning ignore, e.g. CamVid's 11), unknown_to_ignore, mask_suffix, ignore_index,
-            max_pixels, shard_size, shard_bytes.
-
-    Returns:
-        The dataset's dataset.json as a dict.
+def prepare_folder(images: str | Path, masks: str | Path, classes: str | Sequence[str], out: str | Path,
+                   **options: Any) -> dict:
+    """`prepare_dataset("folder", out, images=, masks=, classes=, ...)`: image and mask folders paired by stem.
 
     Example:
         >>> segdist.prepare_folder("camvid/train", "camvid/trainannot", CAMVID_CLASSES, "shards/camvid",
         ...                        source_ignore=11)
     """
-    from segdist.prepare.jobs import folder_job
-    from segdist.prepare.run import prepare
-
-    names = list(classes) if not isinstance(classes, str) else classes
-    return prepare(lambda: folder_job(images, masks, names, **options), out, workers=workers, address=address,
-                   overwrite=overwrite, work_dir=work_dir)
+    return prepare_dataset("folder", out, images=images, masks=masks, classes=classes, **options)
 
 
 def verify(shards: str | Path, *, split: str | Sequence[str] | None = None) -> dict:

@@ -21,29 +21,12 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _bytes(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     text = text.strip().lower().removesuffix("b")
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(text)
-
-
-def _ratios(text: str) -> dict[str, float]:
-    out = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        if not value:
-            raise argparse.ArgumentTypeError(f"expected name=ratio, got '{part}'")
-        out[name.strip()] = float(value)
-    return out
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -72,33 +55,28 @@ def _synth_like_train2017(args: argparse.Namespace) -> dict:
                                      images_for=images_for, write_images=args.write_images)
 
 
-# `segdist prepare SOURCE` options -> the keyword arguments of segdist.prepare.jobs.JOBS[SOURCE] and segdist.api
-PREPARE_OPTIONS = {
-    "coco": ("images", "annotations", "classes", "split", "splits", "per_class", "seed", "overlap", "crowd",
-             "keep_empty"),
-    "cityscapes": ("root", "split", "image_format"),
-    "folder": ("images", "masks", "classes", "split", "palette", "source_ignore", "unknown_to_ignore", "mask_suffix"),
-}
-JOB_OPTIONS = ("ignore_index", "max_pixels", "shard_size", "shard_bytes")
-RUN_OPTIONS = ("out", "workers", "address", "overwrite", "work_dir")
+JOB_OPTIONS = ("ignore_index", "max_pixels", "shard_size", "shard_bytes")  # every source's job takes these
+RUN_OPTIONS = ("workers", "address", "overwrite", "work_dir")
 
 
-def _options(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+def _options(args: argparse.Namespace, names: tuple[str, ...] | list[str]) -> dict:
     return {name: getattr(args, name) for name in names}
 
 
 def prepare_job(args: argparse.Namespace):  # noqa: ANN201 - a segdist.prepare.jobs.PrepareJob
     """What `segdist prepare SOURCE ...` will write, built from its arguments (nothing is written yet)."""
-    from segdist.prepare.jobs import JOBS
+    from segdist.prepare.sources import SOURCES
 
-    return JOBS[args.source](**_options(args, PREPARE_OPTIONS[args.source] + JOB_OPTIONS))
+    source = SOURCES[args.source]
+    return source.job(**_options(args, [*source.keywords(), *JOB_OPTIONS]))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from segdist import api
+    from segdist.prepare.sources import SOURCES
 
-    prepare = {"coco": api.prepare_coco, "cityscapes": api.prepare_cityscapes, "folder": api.prepare_folder}
-    prepare[args.source](**_options(args, PREPARE_OPTIONS[args.source] + JOB_OPTIONS + RUN_OPTIONS))
+    options = _options(args, [*SOURCES[args.source].keywords(), *JOB_OPTIONS, *RUN_OPTIONS])
+    api.prepare_dataset(args.source, args.out, **options)
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -238,12 +216,19 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from segdist.prepare.sources import SOURCES
+
     p = sub.add_parser("prepare", help="convert a dataset into WebDataset shards with Ray")
     src = p.add_subparsers(dest="source", required=True)
     common = _prepare_options()
-    _add_prepare_coco(src, common)
-    _add_prepare_cityscapes(src, common)
-    _add_prepare_folder(src, common)
+    for source in SOURCES.values():
+        parser = src.add_parser(source.name, parents=[common], help=source.help, description=source.help)
+        for flags, settings in source.options:
+            parser.add_argument(*flags, **settings)
+        if source.exclusive:
+            group = parser.add_mutually_exclusive_group()
+            for flags, settings in source.exclusive:
+                group.add_argument(*flags, **settings)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -264,42 +249,6 @@ def _prepare_options() -> argparse.ArgumentParser:
                         help="skip (and count) images and masks larger than this (default: PIL's limit)")
     common.add_argument("--overwrite", action="store_true", help="replace the splits this run writes")
     return common
-
-
-def _add_prepare_coco(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    c = src.add_parser("coco", parents=[common], help="COCO instances JSON + images")
-    c.add_argument("--images", required=True)
-    c.add_argument("--annotations", required=True)
-    c.add_argument("--classes", required=True, help="comma-separated COCO names or ids; label = position")
-    group = c.add_mutually_exclusive_group()
-    group.add_argument("--split", default="train", help="split name for all selected images")
-    group.add_argument("--splits", type=_ratios, default=None, help="seeded ratio split, e.g. train=0.8,val=0.2")
-    c.add_argument("--per-class", type=_positive, default=None, help="at most N images per class (seeded)")
-    c.add_argument("--seed", type=int, default=0, help="seed for --per-class and --splits")
-    c.add_argument("--overlap", choices=["area", "order", "ignore", "ignore-between-classes"], default="area",
-                   help="pixels of several instances: larger painted first (area), later class wins (order), "
-                   "ignore index where 2+ instances meet (ignore, torchvision's rule) or 2+ classes meet")
-    c.add_argument("--crowd", choices=["ignore", "label"], default="ignore")
-    c.add_argument("--keep-empty", action="store_true", help="keep images with no selected instance")
-
-
-def _add_prepare_cityscapes(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    c = src.add_parser("cityscapes", parents=[common], help="Cityscapes leftImg8bit + gtFine (19 trainIds)")
-    c.add_argument("--root", required=True)
-    c.add_argument("--split", required=True, choices=["train", "val", "test"])
-    c.add_argument("--image-format", choices=["png", "jpeg"], default="png")
-
-
-def _add_prepare_folder(src: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    c = src.add_parser("folder", parents=[common], help="image folder + mask folder paired by stem")
-    c.add_argument("--images", required=True)
-    c.add_argument("--masks", required=True)
-    c.add_argument("--classes", required=True, help="comma-separated names; mask value = position")
-    c.add_argument("--split", default="train")
-    c.add_argument("--source-ignore", type=int, default=None, help="mask value meaning 'ignore' in the source")
-    c.add_argument("--unknown-to-ignore", action="store_true", help="out-of-range values/colours -> ignore")
-    c.add_argument("--palette", default=None, help="JSON colours per class, for RGB/RGBA masks")
-    c.add_argument("--mask-suffix", default="", help="mask stem = image stem + this")
 
 
 def _add_verify(sub: argparse._SubParsersAction) -> None:

@@ -50,7 +50,7 @@ def test_not_coco_json_names_the_missing_key(tmp_path, prepare, capsys, missing)
     assert exc.value.code == 2
     assert f"segdist: error: {ann_file}: not a COCO instances file: missing key '{missing}'" in capsys.readouterr().err
     with pytest.raises(DataError, match=f"{ann_file}.*missing key '{missing}'"):
-        from segdist.prepare.coco_json import load_annotations
+        from segdist.prepare.sources.coco.annotation_file import load_annotations
 
         load_annotations(ann_file)
     assert not (tmp_path / "out").exists()
@@ -207,7 +207,7 @@ def test_an_annotation_that_cannot_be_drawn_skips_its_image_by_name(tmp_path, pr
 def test_compressed_rle_runs_decode_as_pycocotools_encodes_them():
     from pycocotools import mask as mask_utils
 
-    from segdist.prepare.coco_segmentation import rle_runs
+    from segdist.prepare.sources.coco.segmentation import rle_runs
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -279,7 +279,7 @@ def test_ratio_splits_are_seeded_and_disjoint(tmp_path, prepare):
 
 
 def test_per_class_draw_decodes_only_the_images_it_keeps_and_passes_over_unusable_ones(tmp_path, monkeypatch):
-    from segdist.prepare import coco_json, coco_select
+    from segdist.prepare.sources.coco import annotation_file as coco_json, select as coco_select
 
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 32, "height": 32} for i in range(1, 201)]
     degenerate = [[1.0, 1.0]]  # fewer than 3 points: left out, so images 4, 8, ... hold nothing to draw

@@ -49,6 +49,16 @@ SOURCES = {
         "--root": ("{root}/cityscapes_copy", True, ()),
         "--split": ("val", True, ()),
         "--image-format": ("jpeg", True, ()),
+        "--annotations": ("gtCoarse", True, ()),
+    },
+    "voc": {
+        "--root": ("{root}/voc_copy", True, ()),
+        "--split": ("val", True, ()),
+        "--sbd": ("{root}/sbd", True, ()),
+    },
+    "ade20k": {
+        "--root": ("{root}/ade_copy", True, ()),
+        "--split": ("val", True, ()),
     },
     "folder": {
         "--images": ("{root}/folder_images_copy", True, ()),
@@ -59,6 +69,10 @@ SOURCES = {
         "--unknown-to-ignore": (FLAG, True, ()),
         "--palette": ("{root}/palette.json", True, ()),
         "--mask-suffix": ("_m", True, ()),
+        "--list": ("{root}/stems.txt", True, ()),
+        "--recursive": (FLAG, True, ()),  # the fixture's folders hold a subfolder
+        "--reduce-zero-label": (FLAG, True, ()),
+        "--map": ("{root}/map.json", True, ()),
     },
 }
 
@@ -77,17 +91,51 @@ def inputs(tmp_path_factory):
     write_synthetic_cityscapes(root / "cityscapes", images=2, val_images=1, seed=1, width=64, height=32)
     shutil.copytree(root / "cityscapes", root / "cityscapes_copy")
 
-    for name in ("folder_images", "folder_masks"):
-        (root / name).mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)).save(root / f"folder_images/f{i}.png")
+    for name in ("folder_images/sub", "folder_masks/sub"):
+        (root / name).mkdir(parents=True)
+    for stem in ("f0", "f1", "f2", "f3", "sub/f4"):
+        Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)).save(root / f"folder_images/{stem}.png")
         for suffix in ("", "_m"):
-            Image.fromarray(rng.integers(0, 3, (8, 12), dtype=np.uint8)).save(root / f"folder_masks/f{i}{suffix}.png")
+            Image.fromarray(rng.integers(0, 3, (8, 12), dtype=np.uint8)).save(root / f"folder_masks/{stem}{suffix}.png")
     shutil.copytree(root / "folder_images", root / "folder_images_copy")
     shutil.copytree(root / "folder_masks", root / "folder_masks_copy")
     (root / "palette.json").write_text(json.dumps([[0, 0, 0], [255, 0, 0], [0, 255, 0]]))
+    (root / "stems.txt").write_text("f0\nf2\n")
+    (root / "map.json").write_text(json.dumps({"0": "a", "1": "c", "2": "ignore"}))
+    _write_voc(root, rng)
+    _write_ade(root, rng)
     return root
+
+
+def _write_voc(root, rng) -> None:
+    from scipy.io import savemat
+
+    voc = root / "voc"
+    for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / name).mkdir(parents=True)
+    for stem in ("a", "b", "c", "d"):
+        Image.fromarray(rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)).save(voc / f"JPEGImages/{stem}.jpg")
+    for stem in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 21, (8, 12), dtype=np.uint8), "P").save(voc / f"SegmentationClass/{stem}.png")
+    for split, stems in (("train", "a\nb\n"), ("val", "c\n"), ("trainval", "a\nb\nc\n")):
+        (voc / f"ImageSets/Segmentation/{split}.txt").write_text(stems)
+    shutil.copytree(voc, root / "voc_copy")
+    (root / "sbd/cls").mkdir(parents=True)
+    savemat(root / "sbd/cls/d.mat", {"GTcls": {"Segmentation": rng.integers(0, 21, (8, 12), dtype=np.uint8)}})
+    (root / "sbd/train.txt").write_text("d\n")
+    (root / "sbd/val.txt").write_text("c\n")
+
+
+def _write_ade(root, rng) -> None:
+    for split in ("training", "validation"):
+        for kind in ("images", "annotations"):
+            (root / "ade" / kind / split).mkdir(parents=True)
+        for stem in ("ADE_1", "ADE_2"):
+            image, values = rng.integers(0, 255, (8, 12, 3), dtype=np.uint8), rng.integers(0, 151, (8, 12), dtype=np.uint8)
+            Image.fromarray(image).save(root / f"ade/images/{split}/{stem}.jpg")
+            Image.fromarray(values).save(root / f"ade/annotations/{split}/{stem}.png")
+    shutil.copytree(root / "ade", root / "ade_copy")
 
 
 def _base_args(source: str, root) -> list[str]:
@@ -96,6 +144,8 @@ def _base_args(source: str, root) -> list[str]:
                  "--classes", "person,bicycle,car"],
         "cityscapes": ["--root", f"{root}/cityscapes", "--split", "train"],
         "folder": ["--images", f"{root}/folder_images", "--masks", f"{root}/folder_masks", "--classes", "a,b,c"],
+        "voc": ["--root", f"{root}/voc", "--split", "train"],
+        "ade20k": ["--root", f"{root}/ade", "--split", "train"],
     }[source] + ["--out", f"{root}/out"]
 
 

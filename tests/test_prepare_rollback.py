@@ -70,7 +70,7 @@ def shard_records(monkeypatch):
 
 MESSAGES = {
     "values": (f"f{BAD:02d}.png: mask values [9] are outside the class range 0..2",
-               "(map them with --source-ignore K or --unknown-to-ignore)"),
+               "(map them with --source-ignore K, --map FILE or --unknown-to-ignore)"),
     "colours": (f"f{BAD:02d}.png: colours ['#010203'] are not in the palette",
                 "(add them to --palette or pass --unknown-to-ignore)"),
 }

@@ -1,10 +1,12 @@
-"""`segdist prepare`: COCO, Cityscapes and image/mask folders -> WebDataset shards + dataset.json, on Ray.
+"""`segdist prepare`: COCO, Cityscapes, VOC (+SBD), ADE20K, LabelMe and image/mask folders -> WebDataset
+shards + dataset.json, on Ray.
 
-    coco.py cityscapes.py folder.py   the sources: select inputs (specs), convert one (read, check, label)
-    coco_json.py     a COCO instances file read (msgspec, in C) and checked; coco_segmentation.py one
-                     segmentation checked; coco_select.py the images drawn and their annotations
+    sources/         one module per source (COCO's parts in sources/coco/) and SOURCES, the table the CLI,
+                     the API and the docs come from: each source's job(**options) selects its inputs
+                     (specs) and its convert(spec, opts) reads, checks and labels one
     inputs.py        reading and checking image and mask files, the Sample every source returns
-    jobs.py          PrepareJob, and the job each source's options build (coco_job, ...)
+    label_values.py  mask values -> class ids (identity, --reduce-zero-label, --map, ignore values)
+    jobs.py          PrepareJob, and what every source's job builder shares (classes, split lists)
     fingerprint.py   the resume fingerprint of a split; the order its shards hold the inputs
     driver.py        the Ray driver: shard tasks fanned out, records collected, rollback on error
     task.py          one Ray task: convert one shard's inputs and write that shard (tar_writer)

@@ -51,6 +51,7 @@ class Annotation(msgspec.Struct, gc=False):
     id: int | msgspec.UnsetType = msgspec.UNSET
     iscrowd: Literal[0, 1] | bool = 0
     bbox: tuple[float, float, float, float] | msgspec.UnsetType = msgspec.UNSET
+    area: float | msgspec.UnsetType = msgspec.UNSET
 
 
 class _File(msgspec.Struct):
@@ -109,7 +110,7 @@ def _load_fast(path: Path) -> CocoFile:
     except (OSError, ValueError, msgspec.DecodeError):  # ValueError: an empty file cannot be mapped
         raise _NotFast from None
     if any(map(_bad_file_name, (img.file_name for img in parsed.images))) or _repeats(parsed.images) \
-            or _repeats(parsed.categories) or not _finite_boxes(parsed.annotations):
+            or _repeats(parsed.categories) or not _finite_numbers(parsed.annotations):
         raise _NotFast
     images = [{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height} for i in parsed.images]
     return CocoFile(images, [{"id": c.id, "name": c.name} for c in parsed.categories], parsed.annotations, buffer)
@@ -124,10 +125,12 @@ def _repeats(entries: list) -> bool:
     return len({e.id for e in entries}) != len(entries)
 
 
-def _finite_boxes(annotations: list[Annotation]) -> bool:
-    """JSON numbers past float's range read as inf; the check in _FIELDS refuses them."""
+def _finite_numbers(annotations: list[Annotation]) -> bool:
+    """JSON numbers past float's range read as inf, and areas may be negative; the checks in _FIELDS refuse them."""
     boxes = [a.bbox for a in annotations if a.bbox is not msgspec.UNSET]
-    return not boxes or bool(np.isfinite(np.asarray(boxes, np.float64)).all())
+    areas = np.asarray([a.area for a in annotations if a.area is not msgspec.UNSET], np.float64)
+    return (not boxes or bool(np.isfinite(np.asarray(boxes, np.float64)).all())) \
+        and bool(np.isfinite(areas).all() and (areas >= 0).all())
 
 
 def read_json_checked(path: Path) -> dict:
@@ -146,7 +149,8 @@ def read_json_checked(path: Path) -> dict:
 def _from_dicts(data: dict) -> CocoFile:
     """A CocoFile from a file json.load read and check_structure passed."""
     annotations = [Annotation(a["image_id"], a["category_id"], a["segmentation"], a.get("id", msgspec.UNSET),
-                              a.get("iscrowd", 0), tuple(a["bbox"]) if "bbox" in a else msgspec.UNSET)
+                              a.get("iscrowd", 0), tuple(a["bbox"]) if "bbox" in a else msgspec.UNSET,
+                              a.get("area", msgspec.UNSET))
                    for a in data["annotations"]]
     return CocoFile(data["images"], data["categories"], annotations)
 
@@ -175,6 +179,7 @@ _FIELDS: dict[str, tuple[tuple[str, bool, Callable[[object], bool], str], ...]] 
         ("iscrowd", False, lambda v: v in (0, 1) and type(v) in (int, bool), "0 or 1"),
         ("bbox", False, lambda v: isinstance(v, list) and len(v) == 4 and all(map(is_number, v)),
          "a list of 4 numbers [x, y, w, h]"),
+        ("area", False, lambda v: is_number(v) and v >= 0, "a non-negative number"),
     ),
     "categories": (
         ("id", True, is_int, "an integer"),

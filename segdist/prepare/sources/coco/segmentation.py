@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from segdist.prepare.coco_json import CheckedPolygons, is_int, is_number
+from segdist.prepare.sources.coco.annotation_file import CheckedPolygons, is_int, is_number
 
 SEGMENTATION_PROBLEMS = {
     "bad_polygon": "polygon coordinates are not all finite numbers",

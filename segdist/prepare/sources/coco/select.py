@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from msgspec import UNSET
 
-from segdist.prepare.coco import CocoSpec, Instance
-from segdist.prepare.coco_json import Annotation, CocoFile
-from segdist.prepare.coco_segmentation import SEGMENTATION_PROBLEMS, clean_segmentation
 from segdist.prepare.inputs import safe_key
+from segdist.prepare.sources.coco.annotation_file import Annotation, CocoFile
+from segdist.prepare.sources.coco.render import CocoSpec, Instance
+from segdist.prepare.sources.coco.segmentation import SEGMENTATION_PROBLEMS, clean_segmentation
 
 
 @dataclass
@@ -67,6 +67,20 @@ def build_specs(data: CocoFile, image_dir: Path, classes: list[dict], *, crowd: 
                               height=img["height"], instances=found.checked(i), dropped=dict(found.dropped.get(i, {})),
                               broken=found.broken.get(i, [])))
     return specs, found.orphans
+
+
+def crowd_share(data: CocoFile, category_ids: list[int]) -> float:
+    """The crowd (iscrowd=1) regions' share of the annotated area of `category_ids` (the file's `area`, else the box's).
+
+    Over every image, selected or not: with --crowd ignore, an image holding crowd regions only is not selected.
+    """
+    wanted = set(category_ids)
+    anns = [a for a in data.annotations if a.category_id in wanted]
+    area = np.fromiter((a.area if a.area is not UNSET else (a.bbox[2] * a.bbox[3] if a.bbox is not UNSET else 0.0)
+                        for a in anns), np.float64, len(anns))
+    crowd = np.fromiter((bool(a.iscrowd) for a in anns), bool, len(anns))
+    total = area.sum()
+    return float(area[crowd].sum() / total) if total > 0 else 0.0
 
 
 def index_annotations(data: CocoFile, label_of: dict[int, int]) -> Annotated:
