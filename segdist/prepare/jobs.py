@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,17 @@ def parse_classes(classes: str | Sequence[str]) -> list[str]:
         where = f" ({classes[1:]} holds no name)" if isinstance(classes, str) and classes.startswith("@") else ""
         raise DataError(f"--classes is empty{where}")
     return names
+
+
+def read_json_option(path: str | Path, what: str) -> object:
+    """The JSON content of an option's file (a palette, a value map); a clear error naming it otherwise."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON {what} ({exc})") from None
 
 
 def read_stem_list(path: str | Path) -> list[str]:

@@ -8,7 +8,6 @@ The rules compile into one lookup table over the uint16 range, so a mask maps in
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX
+from segdist.prepare.jobs import read_json_option
 
 _VALUES = 1 << 16  # label maps are at most uint16
 _UNKNOWN = -1
@@ -86,12 +86,7 @@ def _table(rules: ValueMap) -> np.ndarray:
 def load_value_map(path: str | Path, classes: list[str], ignore_index: int) -> tuple[tuple[int, int], ...]:
     """A `--map` file: JSON {source value: class name, class index or "ignore"}; returns sorted (value, id) pairs."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: map file does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON map ({exc})") from None
+    raw = read_json_option(path, "map")
     if not isinstance(raw, dict) or not raw:
         raise DataError(f'{path}: needs a JSON object {{"source value": class name, index or "ignore", ...}}')
     pairs = {}

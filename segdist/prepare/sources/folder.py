@@ -10,7 +10,6 @@ ImageSets/Segmentation/*.txt). The VOC and ADE20K sources are this source with t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 from segdist.errors import DataError
 from segdist.format.manifest import label_dtype
 from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, MaskFile, Sample, SkipSample, read_image, read_mask, safe_key
-from segdist.prepare.jobs import PrepareJob, label_options, parse_classes, read_stem_list
+from segdist.prepare.jobs import PrepareJob, label_options, parse_classes, read_json_option, read_stem_list
 from segdist.prepare.label_values import ValueMap, load_value_map
 from segdist.utils.viz import default_palette
 
@@ -85,12 +84,7 @@ def job(images: str | Path, masks: str | Path, classes: str | Sequence[str], *, 
 
 def load_palette(path: Path, classes: list[str]) -> list[list[int]]:
     """A palette file: a JSON list of [r, g, b] per class id, or {class name: [r, g, b]}."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: palette file does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON palette ({exc})") from None
+    raw = read_json_option(path, "palette")
     if isinstance(raw, dict):
         unknown = sorted(set(raw) - set(classes))
         missing = [c for c in classes if c not in raw]
