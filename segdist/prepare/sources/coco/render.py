@@ -14,13 +14,7 @@ import numpy as np
 
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX, label_dtype
-from segdist.prepare.inputs import (
-    DEFAULT_MAX_PIXELS,
-    Sample,
-    SkipSample,
-    decoder_errors,
-    read_image,
-)
+from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, Sample, SkipSample, decoder_errors, read_image
 
 # How pixels claimed by several instances are labelled (see render_label).
 OVERLAP_POLICIES = ("area", "order", "ignore", "ignore-between-classes")
