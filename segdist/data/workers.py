@@ -6,6 +6,10 @@ exit only once their own loader has been released by the training process. PyTor
 and multiprocessing's exit handler end leftover workers with SIGTERM and then join them; a worker
 that ignored every SIGTERM would make that join wait forever (an error in a loader used to leave
 `segdist train` hanging at exit). `Loader.close()` and an exit hook release the workers first.
+
+A signal can also land between a worker's fork and its `init_worker`, where SIGTERM still kills:
+the stop signals stay blocked while the workers start, and each worker unblocks them once its own
+handlers are in place (a fork keeps the signal mask).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import os
 import signal
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import cv2
 import torch
 
 _OPEN_LOADERS: weakref.WeakSet = weakref.WeakSet()
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1}
 
 
 def _release_all() -> None:
@@ -44,6 +50,17 @@ def init_worker(release, _worker_id: int) -> None:
     cv2.setNumThreads(1)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, partial(_on_sigterm, release))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Hold SIGTERM/SIGUSR1 back while workers fork; they arrive (to the handlers set by then) after."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def single_threaded_opencv() -> None:
@@ -63,7 +80,8 @@ class Loader:
         _OPEN_LOADERS.add(self)
 
     def __iter__(self) -> Iterator:
-        self._iterator = iter(self.loader)
+        with stop_signals_held():  # the workers start here
+            self._iterator = iter(self.loader)
         return self._iterator
 
     def close(self) -> None:
