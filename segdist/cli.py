@@ -153,11 +153,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from segdist.distributed import errors_reported_once
     from segdist.evaluation.predict import predict
 
-    predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
-            workers=args.workers, output_format=args.format, max_pixels=args.max_pixels,
-            **_inference_options(args))
+    with errors_reported_once():
+        predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                workers=args.workers, output_format=args.format, max_pixels=args.max_pixels, outputs=args.outputs,
+                probs_dtype=args.probs_dtype, overwrite=args.overwrite, shards=args.shards, split=args.split,
+                **_inference_options(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -237,8 +240,9 @@ def _prepare_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", required=True, help="dataset directory, e.g. shards/NAME, or s3://BUCKET/PREFIX")
     common.add_argument("--work-dir", default=None,
-                        help="with an s3:// --out: where shards are converted before upload (default "
-                             "~/.cache/segdist/prepare/<hash>; shared by every Ray node)")
+                        help="with an s3:// --out and local inputs: where shards are converted before upload "
+                             "(default ~/.cache/segdist/prepare/<hash>; shared by every Ray node); with s3:// "
+                             "inputs each task uploads its own shard and no work directory is used")
     common.add_argument("--workers", type=int, default=None, help="Ray tasks at once (default: all cores)")
     common.add_argument("--address", default=None, help="existing Ray cluster (default: start a local one)")
     common.add_argument("--shard-size", type=int, default=256, help="samples per shard")
@@ -356,13 +360,30 @@ def _add_evaluate(sub: argparse._SubParsersAction, run: argparse.ArgumentParser,
 
 
 def _add_predict(sub: argparse._SubParsersAction, run: argparse.ArgumentParser, infer: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("predict", parents=[run, infer], help="class-id, colour and overlay images for image files")
-    p.add_argument("--input", required=True, help="an image file, a folder, or a glob (quote it)")
-    p.add_argument("--out", required=True, help="output folder (index/, color/, overlay/, or the labelIds PNGs)")
+    p = sub.add_parser("predict", parents=[run, infer],
+                       help="class-id, colour, overlay and probability images for image files or a split "
+                            "(single process, or under `accelerate launch`)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", default=None,
+                        help="an image file, a folder, a glob (quote it), @LIST (a file naming one path or URL a "
+                             "line), or an http(s):// or s3:// image URL or s3:// prefix")
+    source.add_argument("--shards", default=None, help="a prepared dataset (folder or URL): predict a split's images")
+    p.add_argument("--split", default=None, help="with --shards: the split; outputs are named by sample key")
+    p.add_argument("--out", required=True,
+                   help="output folder or s3:// prefix (index/, color/, overlay/, probs/, or the labelIds PNGs)")
     p.add_argument("--format", choices=["segdist", "cityscapes"], default="segdist",
-                   help="segdist: index/, color/, overlay/; cityscapes: labelIds PNGs named "
+                   help="segdist: the --outputs folders; cityscapes: labelIds PNGs named "
                         "<city>_<seq>_<frame>_leftImg8bit.png for the benchmark server")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--outputs", default=None,
+                   help="comma-separated: index, color, overlay, probs (default index,color,overlay); probs: "
+                        "probs/<stem>.npz, per-class softmax probabilities at the image's size")
+    p.add_argument("--probs-dtype", choices=["uint8", "float16"], default="uint8",
+                   help="uint8 (default: probability x 255, rounded) or float16")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict again the inputs whose outputs are all in --out (default: skip them, i.e. "
+                        "resume; done is judged by file names, so pass it after changing the checkpoint or TTA)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="images read ahead and written per step, per process (each is predicted alone)")
     p.set_defaults(func=cmd_predict)
 
 

@@ -121,12 +121,22 @@ def infer_each(model: torch.nn.Module, images: Sequence[Tensor], mode: str = "wh
     return out
 
 
-def labels_at(probs: Tensor, size: Sequence[int]) -> Tensor:
-    """Class ids [H, W] at `size` from probabilities [C, h, w] (bilinear resize first when sizes differ)."""
+def probs_at(probs: Tensor, size: Sequence[int]) -> Tensor:
+    """Probabilities [C, H, W] at `size` from [C, h, w]: resized bilinearly when sizes differ (still summing to 1)."""
     if tuple(probs.shape[-2:]) != tuple(size):
         probs = _resize(probs[None], tuple(size))[0]
+    return probs
+
+
+def argmax(probs: Tensor) -> Tensor:
+    """Class ids [H, W] of probabilities [C, H, W]; the first class on ties."""
     # max().indices == argmax (first index on ties), and 4x faster on CPU over the leading dim
     return probs.max(dim=0).indices
+
+
+def labels_at(probs: Tensor, size: Sequence[int]) -> Tensor:
+    """Class ids [H, W] at `size` from probabilities [C, h, w] (bilinear resize first when sizes differ)."""
+    return argmax(probs_at(probs, size))
 
 
 def padded_logits(model: torch.nn.Module, images: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ A split is written into a hidden staging directory `.<split>.<fingerprint>.parti
 manifest (staging.py). An interrupted run resumes shard by shard from it; a run-stopping
 DataError cancels the remaining tasks and removes what this run wrote, so the output directory is
 left exactly as it was. When every split is complete, splits.py moves the shards into place and
-writes dataset.json.
+writes dataset.json. An object-store --out with remote inputs has the same steps in to_store.py,
+with the staging directory a prefix in the store (store_staging.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from segdist.prepare.ray_cluster import ray_session
 from segdist.prepare.splits import check_converted, publish, split_record
 from segdist.prepare.staging import Staging
 from segdist.prepare.task import ShardTask
+from segdist.utils import faults
+
+
+class ResumableError(DataError):
+    """A run stopped with what it finished left in place (a failed upload): the same command resumes it."""
 
 
 def run_tasks(tasks: Iterator[ShardTask], convert: Callable, workers: int) -> Iterator[tuple[ShardTask, dict]]:
@@ -44,7 +50,9 @@ def run_tasks(tasks: Iterator[ShardTask], convert: Callable, workers: int) -> It
 
     from segdist.prepare.task import ray_shard_task
 
-    remote = ray.remote(num_cpus=1)(ray_shard_task)
+    # SPREAD: a task's inputs and output are where every node reaches them, so the first tasks need not wait
+    # for the driver's node while the others idle
+    remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(ray_shard_task)
     convert_ref = ray.put(convert)
     pending: dict = {}
     try:
@@ -66,7 +74,7 @@ def run_tasks(tasks: Iterator[ShardTask], convert: Callable, workers: int) -> It
                 pass
 
 
-def _check_target(out: Path, job: PrepareJob, manifest: dict | None, overwrite: bool) -> None:
+def check_target(out: Path | str, job: PrepareJob, manifest: dict | None, overwrite: bool) -> None:
     """Refuse to mix this run with what `out` holds, unless --overwrite allows replacing it."""
     if manifest is None:
         return
@@ -75,7 +83,7 @@ def _check_target(out: Path, job: PrepareJob, manifest: dict | None, overwrite: 
     others = sorted(set(manifest["splits"]) - set(job.splits))
     if not same and (not overwrite or others):
         raise DataError(
-            f"{out / MANIFEST} has classes {manifest['classes']} (ignore index {manifest['ignore_index']}) "
+            f"{out}/{MANIFEST} has classes {manifest['classes']} (ignore index {manifest['ignore_index']}) "
             f"and its palette; this run has {job.classes} (ignore index {job.ignore_index})"
             + (f"; split(s) {others} would keep the old labels: write them again in this run or use another --out"
                if overwrite else "; pass --overwrite to replace the dataset's splits")
@@ -88,19 +96,19 @@ def _check_target(out: Path, job: PrepareJob, manifest: dict | None, overwrite: 
 def write_dataset(out: Path, job: PrepareJob, *, workers: int | None = None, address: str | None = None,
                   overwrite: bool = False) -> dict:
     """Convert every split of `job` into shards under `out` and record them in dataset.json; returns it."""
-    _check_job(job, workers)
+    check_job(job, workers)
     out = Path(out).resolve()  # Ray workers may run in another directory (or on another node)
     manifest = read_manifest(out) if (out / MANIFEST).exists() else None
     fingerprints = {split: fingerprint(job, split) for split in job.splits}
     stagings = {split: Staging(out, split, fp) for split, fp in fingerprints.items()}
     for split, staging in stagings.items():
         staging.check((manifest or {"splits": {}})["splits"].get(split), overwrite)
-    _check_target(out, job, manifest, overwrite)
+    check_target(out, job, manifest, overwrite)
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     opened = {split: staging.open(len(_chunks(job, split))) for split, staging in stagings.items()}
     try:
-        records = _convert(job, stagings, workers, address)
+        records = convert_splits(job, stagings, workers, address)
         splits = {split: split_record(job, split, records[split], fingerprints[split]) for split in job.splits}
         check_converted(splits)
     except DataError:
@@ -112,7 +120,8 @@ def write_dataset(out: Path, job: PrepareJob, *, workers: int | None = None, add
     return publish(out, job, manifest, stagings, splits)
 
 
-def _check_job(job: PrepareJob, workers: int | None) -> None:
+def check_job(job: PrepareJob, workers: int | None) -> None:
+    """Refuse a job that cannot be written: nothing selected, bad sizes or split names, keys twice."""
     if not any(job.splits.values()):
         raise DataError("nothing selected: no input matches the given classes and options; nothing was written")
     if job.shard_size < 1 or (job.shard_bytes is not None and job.shard_bytes < 1):
@@ -146,9 +155,12 @@ def _chunks(job: PrepareJob, split: str) -> list[Sequence]:
     return [specs[i : i + job.shard_size] for i in range(0, len(specs), job.shard_size)]
 
 
-def _convert(job: PrepareJob, stagings: dict[str, Staging], workers: int | None,
-             address: str | None) -> dict[str, dict[int, dict]]:
-    """Run every shard task not done yet; returns each split's records by shard index."""
+def convert_splits(job: PrepareJob, stagings: dict, workers: int | None,
+                   address: str | None) -> dict[str, dict[int, dict]]:
+    """Run every shard task not done yet; returns each split's records by shard index.
+
+    `stagings`: each split's Staging (a local directory) or StoreStaging (an object-store prefix).
+    """
     num_classes = len(job.classes)
     records = {split: staging.completed() for split, staging in stagings.items()}
     todo = [
@@ -166,10 +178,12 @@ def _convert(job: PrepareJob, stagings: dict[str, Staging], workers: int | None,
                      dynamic_ncols=True) as bar, closing(run_tasks(iter(todo), job.convert, parallel)) as results:
             for task, record in results:
                 if "error" in record:
-                    raise DataError(record["error"])
+                    raise (ResumableError if record.get("resumable") else DataError)(record["error"])
                 nodes[task.split][record.pop("node")] += 1
                 records[task.split][task.index] = record
                 bar.update(len(task.specs))
+                faults.at_step(sum(map(len, records.values())))
+                faults.hit("prepare_stop")  # the tests' interrupted run: stop once this many shards are in
     finally:
         # A cancelled task may still be unwinding when ray.get reports it cancelled: its temporary
         # files are garbage once every task has ended or been cancelled.

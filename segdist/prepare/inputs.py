@@ -1,4 +1,9 @@
-"""Reading a source's files: what every source hands to the shard task, and the checks all of them share."""
+"""Reading a source's files: what every source hands to the shard task, and the checks all of them share.
+
+An input is a local path or a URL (`s3://`, `http(s)://`): a remote one is read through
+segdist.storage (with its retries) by the task that converts it; one missing or unreadable is
+skipped and counted with its URL named, as a local file is.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segdist import storage
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX, MAX_LABEL_VALUE
 from segdist.utils.images import DEFAULT_MAX_PIXELS, decode_rgb, pil_bomb_check_off
+from segdist.utils.secrets import redact
+
+InputPath = str | Path  # a local path, or an s3:// or http(s):// URL
 
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
@@ -77,13 +86,24 @@ def decoder_errors(reason: str, path: str | Path) -> Iterator[None]:
         raise SkipSample(reason, f"{path}: {type(exc).__name__}: {exc}") from None
 
 
-def _read_bytes(path: Path, kind: str) -> bytes:
+def _read_bytes(path: InputPath, kind: str) -> bytes:
+    if not storage.is_local(path):
+        return _read_remote(str(path), kind)
     try:
-        return path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise SkipSample(f"missing_{kind}", f"{path} does not exist") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         raise SkipSample(f"unreadable_{kind}", f"{path}: {exc}") from None
+
+
+def _read_remote(url: str, kind: str) -> bytes:
+    try:
+        return storage.read_bytes(url)
+    except storage.ObjectMissing:
+        raise SkipSample(f"missing_{kind}", f"{redact(url)} does not exist") from None
+    except storage.ShardUnavailable as exc:  # its message names the URL and the reason
+        raise SkipSample(f"unreadable_{kind}", str(exc)) from None
 
 
 def _check_pixels(path: str | Path, width: int, height: int, max_pixels: int) -> None:
@@ -104,7 +124,7 @@ class ImageFile:
     std: np.ndarray
 
 
-def read_image(path: Path, expected_size: tuple[int, int] | None = None,
+def read_image(path: InputPath, expected_size: tuple[int, int] | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFile:
     """Read an image file and check it as `check_image` does (SkipSample also for a missing or unreadable file)."""
     return check_image(_read_bytes(path, "image"), path, expected_size, max_pixels)
@@ -153,7 +173,7 @@ class MaskFile:
 _ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def read_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, kind: str = "mask") -> MaskFile:
+def read_mask(path: InputPath, max_pixels: int = DEFAULT_MAX_PIXELS, kind: str = "mask") -> MaskFile:
     """Read a mask PNG (or any PIL format) without converting its values.
 
     Modes: 1 (ids 0/1), L, P (palette indices are the ids), I;16, I (ids), LA and PA (ids with

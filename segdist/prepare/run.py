@@ -2,7 +2,8 @@
 
 `prepare(build, out, ...)` reads the inputs (`build()`: a source's job) while a local Ray cluster
 starts in the background (ray_cluster.ray_started_early), unless the output shows that nothing is
-left to convert.
+left to convert. An s3:// --out is written by the tasks themselves where the inputs are URLs
+(to_store.py), else converted in a work directory and uploaded (upload.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from segdist import storage
 from segdist.prepare.driver import write_dataset
 from segdist.prepare.jobs import PrepareJob
 from segdist.prepare.ray_cluster import ray_started_early
+from segdist.prepare.to_store import write_to_store
 from segdist.prepare.upload import UPLOADED, default_work_dir, prepare_to_store
+
+INPUT_KEYS = ("images", "annotations", "masks", "root")  # the source record's entries that name inputs
 
 
 def prepare(build: Callable[[], PrepareJob], out: str | Path, *, workers: int | None = None,
@@ -50,10 +54,17 @@ def write(job: PrepareJob, out: str | Path, *, workers: int | None = None, addre
     if storage.is_local(out):
         out = Path(out)
         manifest = write_dataset(out, job, **options)
+    elif remote_inputs(job):
+        manifest = write_to_store(str(out), job, **options)
     else:
         manifest = prepare_to_store(str(out), job, work_dir=work_dir, **options)
     print(report(manifest, job, out))
     return manifest
+
+
+def remote_inputs(job: PrepareJob) -> bool:
+    """Whether the job reads its inputs from URLs (then its tasks upload their shards themselves, to_store.py)."""
+    return any(isinstance(job.source.get(key), str) and not storage.is_local(job.source[key]) for key in INPUT_KEYS)
 
 
 def report(manifest: dict, job: PrepareJob, out: str | Path) -> str:

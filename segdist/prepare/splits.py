@@ -42,9 +42,8 @@ def check_converted(splits: dict[str, dict]) -> None:
                             + (f"; e.g. {example[2]}" if example else ""))
 
 
-def publish(out: Path, job: PrepareJob, manifest: dict | None, stagings: dict[str, Staging],
-             splits: dict[str, dict]) -> dict:
-    """Move every split's shards into place, then write dataset.json and remove the staging directories."""
+def new_manifest(job: PrepareJob, manifest: dict | None, splits: dict[str, dict]) -> dict:
+    """dataset.json after this run: the splits written replace theirs in `manifest` (the one in place, if any)."""
     new = {"format": FORMAT, "segdist": __version__, "classes": job.classes, "num_classes": len(job.classes),
            "palette": job.palette, "ignore_index": job.ignore_index,
            "label_dtype": label_dtype(len(job.classes), job.ignore_index).__name__,
@@ -53,6 +52,13 @@ def publish(out: Path, job: PrepareJob, manifest: dict | None, stagings: dict[st
     new["splits"] = dict(sorted(new["splits"].items()))
     stats_split = "train" if "train" in new["splits"] else next(iter(new["splits"]))
     new["mean"], new["std"] = new["splits"][stats_split]["mean"], new["splits"][stats_split]["std"]
+    return new
+
+
+def publish(out: Path, job: PrepareJob, manifest: dict | None, stagings: dict[str, Staging],
+            splits: dict[str, dict]) -> dict:
+    """Move every split's shards into place, then write dataset.json and remove the staging directories."""
+    new = new_manifest(job, manifest, splits)
     for staging in stagings.values():
         staging.mark_promoting()
     for split, staging in stagings.items():

@@ -6,18 +6,24 @@ writes its tar part(s) under temporary names and publishes each when complete, t
 small JSON record (parts, byte offsets, statistics): a shard counts as done once its record
 exists. Only that record travels back to the driver, never image bytes. No webdataset/torch
 import here: workers stay light.
+
+A task whose directory is an object-store prefix writes its parts into a node-local temporary
+directory, then uploads each part and, last, its record (upload_shard_task): no node needs a
+filesystem shared with the others.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from segdist import storage
 from segdist.errors import DataError
 from segdist.format.tar_writer import TarShard
 from segdist.prepare.inputs import Sample, SkipSample, encode_png
@@ -34,7 +40,7 @@ class ShardTask:
     split: str
     index: int
     specs: Sequence
-    directory: Path  # where the parts and the record go (the split's staging directory)
+    directory: Path | str  # where the parts and the record go: the split's staging directory or store prefix
     num_classes: int
     ignore_index: int
     max_bytes: int | None
@@ -79,11 +85,34 @@ def run_shard_task(task: ShardTask, convert: Callable[[object], object]) -> dict
     return record
 
 
+def upload_shard_task(task: ShardTask, convert: Callable[[object], object]) -> dict:
+    """`run_shard_task` into a node-local temporary directory, then its parts and its record uploaded to the
+    task's store prefix. A failed upload returns {"error": message, "resumable": True}: what is up stays."""
+    with tempfile.TemporaryDirectory(prefix="segdist-shard-") as local:
+        record = run_shard_task(replace(task, directory=Path(local)), convert)
+        if "error" in record:
+            return record
+        try:
+            for part in record["parts"]:
+                storage.publish_file(Path(local) / part["name"], storage.join(task.directory, part["name"]))
+            storage.publish_bytes(json.dumps(record).encode(), storage.join(task.directory, f"{task.stem}.json"))
+        except storage.ShardUnavailable as exc:
+            return {"error": f"could not upload shard {task.stem}: {exc}", "resumable": True}
+    return record
+
+
+def write_shard(task: ShardTask, convert: Callable[[object], object]) -> dict:
+    """Convert and write one shard into its local staging directory or its object-store prefix."""
+    if storage.is_local(task.directory):
+        return run_shard_task(task, convert)
+    return upload_shard_task(task, convert)
+
+
 def ray_shard_task(task: ShardTask, convert: Callable[[object], object]) -> dict:
-    """`run_shard_task` plus the Ray node it ran on (for the driver's report)."""
+    """`write_shard` plus the Ray node it ran on (for the driver's report)."""
     import ray
 
-    return dict(run_shard_task(task, convert), node=ray.get_runtime_context().get_node_id())
+    return dict(write_shard(task, convert), node=ray.get_runtime_context().get_node_id())
 
 
 def label_counts(label: np.ndarray, num_classes: int, ignore_index: int) -> tuple[np.ndarray, int]:

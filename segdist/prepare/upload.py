@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -27,6 +26,7 @@ from segdist.format.manifest import MANIFEST
 from segdist.prepare.driver import write_dataset
 from segdist.prepare.fingerprint import fingerprint
 from segdist.prepare.jobs import PrepareJob
+from segdist.prepare.store_staging import delete_unlisted
 from segdist.utils.files import write_json_atomic
 
 UPLOADED = ".uploaded.json"  # {"fingerprints": {split: fp}, "objects": {name: bytes}} of this work directory
@@ -114,13 +114,5 @@ def upload(work: Path, url: str, manifest: dict, splits: list[str]) -> None:
         raise DataError(f"could not upload to {url}: {failures[0]}; {len(record['objects'])} of {len(parts)} shards "
                         "are up; rerun the same command to upload the rest (no conversion is redone)")
     storage.publish_file(work / MANIFEST, storage.join(url, MANIFEST))  # last: readers see the new dataset whole
-    _delete_unlisted(url, manifest, splits)
+    delete_unlisted(url, manifest, splits)
 
-
-def _delete_unlisted(url: str, manifest: dict, splits: list[str]) -> None:
-    """Remove shards of `splits` under `url` that an earlier run left and the new manifest does not list."""
-    listed = {part["name"] for split in splits for part in manifest["splits"][split]["shards"]}
-    pattern = re.compile(rf"^({'|'.join(map(re.escape, splits))})-\d+(_\d+)?\.tar$")
-    for name in storage.list_names(url):
-        if pattern.match(name) and name not in listed:
-            storage.delete(storage.join(url, name))

@@ -8,7 +8,7 @@ A run directory (`runs/NAME/`) is self-contained: `config.yaml` rebuilds the arc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from segdist.errors import DataError
 from segdist.format.manifest import check_names
 from segdist.models import build_from_config, use_channels_last
 from segdist.models.aux_head import remove_aux_head
-from segdist.models.inference import NO_TTA, TTA, autocast, check_mode, infer_each, labels_at, parse_tta
+from segdist.models.inference import NO_TTA, TTA, argmax, autocast, check_mode, infer_each, parse_tta, probs_at
 from segdist.runs import checkpoints
 from segdist.runs.ema import model_weights
 from segdist.storage import kind
@@ -67,10 +67,11 @@ class Run(DatasetInfo):
         return Normalizer(*normalization(self.config.data, self))
 
     @torch.no_grad()
-    def classify(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], device: torch.device, *,
-                 mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-                 tta: TTA = NO_TTA) -> list[np.ndarray]:
-        """Class maps (HxW numpy, at each `sizes` entry) of uint8 CHW `images` (data.augment.eval_input).
+    def probabilities(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], device: torch.device,
+                      *, mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                      tta: TTA = NO_TTA) -> Iterator[torch.Tensor]:
+        """Class probabilities [C, H, W] (float32, on `device`) of uint8 CHW `images` (data.augment.eval_input),
+        each at its `sizes` entry, in order: one image's full-size probabilities at a time (a generator).
 
         The run's normalisation, its precision (autocast in `train.mixed_precision`) and channels-last
         rule, one forward pass per size; the path `segdist predict` takes.
@@ -79,7 +80,15 @@ class Run(DatasetInfo):
         inputs = [normalize(image[None].to(device, non_blocking=True))[0] for image in images]
         with autocast(device, self.config.train.mixed_precision):
             probs = infer_each(model, inputs, mode, crop=crop, stride=stride, tta=tta)
-        return [labels_at(p, size).cpu().numpy() for p, size in zip(probs, sizes)]
+        for p, size in zip(probs, sizes):
+            yield probs_at(p, size)
+
+    def classify(self, images: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], device: torch.device, *,
+                 mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                 tta: TTA = NO_TTA) -> list[np.ndarray]:
+        """Class maps (HxW numpy, at each `sizes` entry): the argmax of `probabilities`."""
+        return [argmax(p).cpu().numpy() for p in self.probabilities(images, sizes, device, mode=mode, crop=crop,
+                                                                     stride=stride, tta=tta)]
 
     def predict(self, image: np.ndarray | str | Path, *, mode: str = "whole", crop: Sequence[int] | None = None,
                 stride: Sequence[int] | None = None, tta: TTA | str | None = None,

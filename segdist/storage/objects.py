@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -159,3 +160,58 @@ def _local_only(url: str, action: str) -> Path:
         raise ValueError(f"cannot {action} {redact(url)}: {urls.kind(url)} sources can only be read "
                          f"(use a local directory or an s3:// prefix)")
     return urls.local_path(url)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object found by `list_objects`: its name relative to the prefix listed, its size and ETag (None locally)."""
+
+    name: str
+    size: int
+    etag: str | None = None
+
+
+def list_objects(prefix: urls.Url, *, recursive: bool = False, retry: RetryPolicy = DEFAULT_POLICY,
+                 stats: StorageStats | None = None) -> list[ObjectInfo]:
+    """The objects (files) under `prefix`, sorted by name: directly under it, or at any depth ('a/b.png')."""
+    prefix, kind = str(prefix), urls.kind(prefix)
+    if kind == "s3":
+        from . import s3
+
+        found = with_retries(prefix, lambda: s3.list_objects(prefix, recursive, retry.timeout), retry, stats)
+        return [ObjectInfo(*entry) for entry in found]
+    directory = _local_only(prefix, "list")
+    if not directory.is_dir():
+        return []
+    paths = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(ObjectInfo(p.relative_to(directory).as_posix(), p.stat().st_size) for p in paths if p.is_file())
+
+
+def publish_bytes(data: bytes, url: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
+                  stats: StorageStats | None = None) -> None:
+    """Put `data` at `url` so that readers see it complete or not at all (a small record, a manifest)."""
+    url, kind = str(url), urls.kind(url)
+    if kind == "s3":
+        from . import s3
+
+        return with_retries(url, lambda: s3.put_bytes(data, url, retry.timeout), retry, stats)
+    target = _local_only(url, "publish to")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def copy_object(source: urls.Url, target: urls.Url, *, retry: RetryPolicy = DEFAULT_POLICY,
+                stats: StorageStats | None = None) -> None:
+    """Copy an object within one store (server-side for S3: no byte passes through this process); the target
+    appears complete or not at all."""
+    source, target = str(source), str(target)
+    if urls.kind(source) == "s3" and urls.kind(target) == "s3":
+        from . import s3
+
+        return with_retries(target, lambda: s3.copy(source, target, retry.timeout), retry, stats)
+    publish_file(_local_only(source, "copy"), target, retry=retry, stats=stats)

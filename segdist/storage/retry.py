@@ -41,6 +41,19 @@ class ShardUnavailable(OSError):
         return type(self), (self.url, self.reason, self.attempts)
 
 
+class ObjectMissing(ShardUnavailable):
+    """The object does not exist (no such file or key, HTTP 404 or 410): a ShardUnavailable callers may tell apart."""
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether `error` says the object is not there (rather than unreadable)."""
+    if isinstance(error, FileNotFoundError):
+        return True
+    if isinstance(error, HTTPStatusError):
+        return error.status in (404, 410)
+    return boto_status(error) == 404
+
+
 class ChecksumMismatch(OSError):
     """A download that is not the shard dataset.json describes (size or sha256).
 
@@ -176,7 +189,7 @@ class Attempts:
         self.failures += 1
         reason = redact(describe(error), self.url)  # also what a failing command echoed of its credentials
         if not is_transient(error):
-            self.give_up(reason)
+            self.give_up(reason, missing=is_missing(error))
         delay = self.policy.delay(self.failures)
         if self.failures > self.policy.retries:
             self.give_up(reason)
@@ -186,14 +199,15 @@ class Attempts:
         time.sleep(delay)
         self.waited += delay
 
-    def give_up(self, reason: str) -> NoReturn:
-        give_up(self.url, reason, self.stats, self.failures)
+    def give_up(self, reason: str, missing: bool = False) -> NoReturn:
+        give_up(self.url, reason, self.stats, self.failures, missing)
 
 
-def give_up(url: str, reason: str, stats: StorageStats | None, attempts: int = 1) -> NoReturn:
-    """Count `url` as unavailable for `reason` and raise the ShardUnavailable that loaders skip it on."""
+def give_up(url: str, reason: str, stats: StorageStats | None, attempts: int = 1, missing: bool = False) -> NoReturn:
+    """Count `url` as unavailable for `reason` and raise the ShardUnavailable that loaders skip it on
+    (ObjectMissing where the object is not there)."""
     (stats if stats is not None else process_stats()).record_give_up(url, reason)
-    raise ShardUnavailable(url, reason, attempts)
+    raise (ObjectMissing if missing else ShardUnavailable)(url, reason, attempts)
 
 
 def with_retries(url: str, operation: Callable[[], T], policy: RetryPolicy, stats: StorageStats | None) -> T:

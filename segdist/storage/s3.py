@@ -107,6 +107,36 @@ def delete(url: str, timeout: float) -> None:
     filesystem(timeout).rm_file(url)
 
 
+def put_bytes(data: bytes, url: str, timeout: float) -> None:
+    """One PUT of `data`: the object appears whole or not at all."""
+    filesystem(timeout).pipe_file(url, data)
+
+
+def copy(source: str, target: str, timeout: float) -> None:
+    """A server-side copy: no byte passes through this process."""
+    filesystem(timeout).copy(source, target)
+
+
+def list_objects(prefix: str, recursive: bool, timeout: float) -> list[tuple[str, int, str | None]]:
+    """(name relative to `prefix`, size, ETag) of the objects under `prefix`: directly under it, or at any depth."""
+    fs = filesystem(timeout)
+    root = prefix.rstrip("/")
+    try:
+        entries = fs.find(root, detail=True).values() if recursive else fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    base = fs.split_path(root)[1]
+    found = []
+    for entry in entries:
+        if entry["type"] != "file":
+            continue
+        key = fs.split_path(entry["name"])[1]
+        name = key[len(base):].lstrip("/") if base else key
+        if name and not name.endswith("/"):
+            found.append((name, int(entry["size"]), entry.get("ETag")))
+    return sorted(found)
+
+
 class _EmptyBody:
     async def read(self, amount: int) -> bytes:
         return b""

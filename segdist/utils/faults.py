@@ -6,7 +6,8 @@ the checkpoint is marked complete), `kill_after_checkpoint` (SIGKILL once the ch
 place), `sigusr1` (the rank sends itself SIGUSR1, as SLURM's pre-emption notice), `nan_loss` (the loss
 becomes NaN), `late_start` (the process counts 30 s more since its start when it plans a budget),
 `slow_step` (every training step takes SLOW_STEP_S longer; the budget's calibration steps do not),
-`unreadable` (no sample of a training batch can be read).
+`unreadable` (no sample of a training batch can be read), `prepare_stop` (the prepare driver stops, as if
+interrupted, once `@step` shard records are in).
 `@step` limits it to one optimizer step (or batch, for `loader`), `@step+` to that step and every
 later one, `#rank` to one rank. Several faults: separate them with commas.
 """

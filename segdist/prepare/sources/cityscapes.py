@@ -2,6 +2,7 @@
 
 Every labelId whose trainId is 255 (not one of the 19) becomes the chosen ignore index.
 `train_extra` (19,998 frames) has coarse labels only: `--split train_extra --annotations gtCoarse`.
+`--root` may be an s3:// prefix: its leftImg8bit/<split> listed on the driver, each frame read by its task.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import numpy as np
 from segdist.errors import DataError
 from segdist.format.cityscapes_labels import CLASSES, PALETTE, label_id_to_train_id
 from segdist.format.manifest import IGNORE_INDEX
-from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, Sample, SkipSample, decoder_errors, read_image, read_mask
+from segdist.prepare.inputs import (DEFAULT_MAX_PIXELS, InputPath, Sample, SkipSample, decoder_errors, read_image,
+                                    read_mask)
 from segdist.prepare.jobs import PrepareJob, label_options
+from segdist.prepare.locations import Listings, input_name, input_url, is_remote, resolve
 
 
 @dataclass
@@ -40,33 +43,41 @@ def job(root: str | Path, split: str, *, annotations: str = "gtFine", image_form
     """What `segdist prepare cityscapes` will write: a split's frames, labelIds mapped to the 19 trainIds."""
     if split == "train_extra" and annotations != "gtCoarse":
         raise DataError("--split train_extra has coarse labels only: pass --annotations gtCoarse")
-    specs = build_specs(Path(root).resolve(), split, annotations)
+    listings = Listings()
+    specs = build_specs(resolve(root), split, annotations, listings)
     if not specs:
-        raise DataError(f"{Path(root) / 'leftImg8bit' / split}: nothing selected: no */*_leftImg8bit.png frames")
+        raise DataError(f"{input_url(root, f'leftImg8bit/{split}')}: nothing selected: no */*_leftImg8bit.png frames")
     opts = CityscapesOptions(image_format=image_format, **label_options(len(CLASSES), ignore_index, max_pixels))
     source = {"type": "cityscapes", "root": str(root), "split": split, "annotations": annotations,
-              "image_format": image_format, "max_pixels": opts.max_pixels}
+              "image_format": image_format, "max_pixels": opts.max_pixels, **listings.record()}
     return PrepareJob({split: specs}, partial(convert, opts=opts), CLASSES, PALETTE, opts.ignore_index,
                       source, shard_size, shard_bytes)
 
 
-def build_specs(root: Path, split: str, annotations: str = "gtFine") -> list[CityscapesSpec]:
+def build_specs(root: InputPath, split: str, annotations: str = "gtFine",
+                listings: Listings | None = None) -> list[CityscapesSpec]:
     """All frames of a split, sorted by city and frame name, with their `annotations` (gtFine, gtCoarse) labelIds."""
-    image_root = root / "leftImg8bit" / split
-    if not image_root.is_dir():
+    listings = listings or Listings()
+    image_root = input_url(root, f"leftImg8bit/{split}")
+    if not is_remote(root) and not Path(image_root).is_dir():
         raise DataError(f"{image_root} does not exist (expected the Cityscapes leftImg8bit/{split} folder)")
+    if is_remote(root):
+        listings.files(input_url(root, f"{annotations}/{split}"), recursive=True)  # their sizes and ETags: resume
     specs = []
-    for image_path in sorted(image_root.glob("*/*_leftImg8bit.png")):
-        stem = image_path.name[: -len("_leftImg8bit.png")]
-        label_path = root / annotations / split / image_path.parent.name / f"{stem}_{annotations}_labelIds.png"
-        specs.append(CityscapesSpec(stem, str(image_path), str(label_path)))
+    for name, image_path in listings.files(image_root, recursive=True).items():
+        city, _, file = name.partition("/")
+        if "/" in file or not file.endswith("_leftImg8bit.png"):
+            continue
+        stem = file[: -len("_leftImg8bit.png")]
+        label_path = input_url(root, f"{annotations}/{split}/{city}/{stem}_{annotations}_labelIds.png")
+        specs.append(CityscapesSpec(stem, image_path, label_path))
     return specs
 
 
 def convert(spec: CityscapesSpec, opts: CityscapesOptions) -> Sample:
     """Worker side: read the frame and map its labelIds to trainIds."""
-    image = read_image(Path(spec.image_path), max_pixels=opts.max_pixels)
-    mask = read_mask(Path(spec.label_path), opts.max_pixels, kind="label")
+    image = read_image(spec.image_path, max_pixels=opts.max_pixels)
+    mask = read_mask(spec.label_path, opts.max_pixels, kind="label")
     label_ids = mask.values
     if mask.mode not in ("L", "P"):
         raise SkipSample("bad_label", f"{spec.label_path} is a PIL mode {mask.mode} image, not a single-channel "
@@ -81,5 +92,5 @@ def convert(spec: CityscapesSpec, opts: CityscapesOptions) -> Sample:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             data, ext = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), "jpg"
     label = label_id_to_train_id(opts.ignore_index)[label_ids]
-    meta = {"source": "cityscapes", "id": spec.key, "file": Path(spec.image_path).name}
+    meta = {"source": "cityscapes", "id": spec.key, "file": input_name(spec.image_path)}
     return Sample(spec.key, data, ext, image.mean, image.std, label, meta)

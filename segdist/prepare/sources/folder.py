@@ -6,6 +6,7 @@ PA) are background (class 0). Index values become class ids by the rules of labe
 identity, `--reduce-zero-label` or a `--map` file; a value equal to the output ignore index, or
 to a `--source-ignore` value, means ignore. `--list FILE` takes only the stems it names (VOC's
 ImageSets/Segmentation/*.txt). The VOC and ADE20K sources are this source with their layouts.
+`--images` and `--masks` may be s3:// prefixes: listed on the driver, each file read by its task.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import numpy as np
 
 from segdist.errors import DataError
 from segdist.format.manifest import label_dtype
-from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, MaskFile, Sample, SkipSample, read_image, read_mask, safe_key
+from segdist.prepare.inputs import (DEFAULT_MAX_PIXELS, InputPath, MaskFile, Sample, SkipSample, read_image, read_mask,
+                                    safe_key)
 from segdist.prepare.jobs import PrepareJob, label_options, parse_classes, read_json_option, read_stem_list
 from segdist.prepare.label_values import ValueMap, load_value_map
+from segdist.prepare.locations import Listings, input_name, resolve
 from segdist.utils.viz import default_palette
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -63,8 +66,8 @@ def job(images: str | Path, masks: str | Path, classes: str | Sequence[str], *, 
         raise DataError("--map lists every source value itself: it does not go with --reduce-zero-label or --palette")
     colours = load_palette(Path(palette), names) if palette else None
     stems = read_stem_list(list_file) if list_file else None
-    specs, unpaired = pair_files(Path(images).resolve(), Path(masks).resolve(), mask_suffix, recursive, stems,
-                                 list_file)
+    listings = Listings()
+    specs, unpaired = pair_files(resolve(images), resolve(masks), mask_suffix, recursive, stems, list_file, listings)
     if not specs:
         raise DataError(f"{images}: nothing selected: no image has a mask named <stem>{mask_suffix}.<ext> in {masks}")
     common = label_options(len(names), ignore_index, max_pixels)
@@ -77,7 +80,7 @@ def job(images: str | Path, masks: str | Path, classes: str | Sequence[str], *, 
               "source_ignore": list(ignored) or None, "unknown_to_ignore": unknown_to_ignore, "palette": colours,
               "list": str(list_file) if list_file else None, "recursive": recursive,
               "reduce_zero_label": reduce_zero_label, "map": [list(p) for p in values.mapping or ()] or None,
-              "max_pixels": opts.max_pixels}
+              "max_pixels": opts.max_pixels, **listings.record()}
     return PrepareJob({split: specs}, partial(convert, opts=opts), names, colours or default_palette(len(names)),
                       opts.ignore_index, source, shard_size, shard_bytes, unpaired)
 
@@ -106,22 +109,22 @@ def load_palette(path: Path, classes: list[str]) -> list[list[int]]:
     return [list(c) for c in colours]
 
 
-def image_files(root: Path, recursive: bool = False) -> dict[str, Path]:
-    """Image files under `root` by stem (with --recursive: by relative path without suffix, e.g. city/frame)."""
-    if not root.is_dir():
-        raise DataError(f"{root} is not a directory")
-    found = sorted(root.rglob("*") if recursive else root.iterdir())
-    return {p.relative_to(root).with_suffix("").as_posix(): p for p in found
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+def image_files(root: InputPath, recursive: bool = False, listings: Listings | None = None) -> dict[str, str]:
+    """Image files under `root` by stem (with --recursive: by relative path without suffix, e.g. city/frame):
+    paths, or URLs where `root` is an s3:// prefix."""
+    found = (listings or Listings()).files(root, recursive)
+    return {Path(name).with_suffix("").as_posix(): path for name, path in found.items()
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES}
 
 
-def pair_files(image_dir: Path, mask_dir: Path, mask_suffix: str = "", recursive: bool = False,
-               stems: list[str] | None = None, list_file: str | Path | None = None) -> tuple[list[FolderSpec], Counter]:
+def pair_files(image_dir: InputPath, mask_dir: InputPath, mask_suffix: str = "", recursive: bool = False,
+               stems: list[str] | None = None, list_file: str | Path | None = None,
+               listings: Listings | None = None) -> tuple[list[FolderSpec], Counter]:
     """Pair images and masks by stem (mask stem = image stem + mask_suffix); count the unpaired.
 
     With `stems` (a split list) only those are taken, and a listed stem without image or mask is an error.
     """
-    images, masks = image_files(image_dir, recursive), image_files(mask_dir, recursive)
+    images, masks = image_files(image_dir, recursive, listings), image_files(mask_dir, recursive, listings)
     if stems is not None:
         return [_listed(stem, images, masks, mask_suffix, list_file) for stem in stems], Counter()
     skipped: Counter = Counter()
@@ -137,7 +140,7 @@ def pair_files(image_dir: Path, mask_dir: Path, mask_suffix: str = "", recursive
     return specs, +skipped
 
 
-def _listed(stem: str, images: dict[str, Path], masks: dict[str, Path], mask_suffix: str,
+def _listed(stem: str, images: dict[str, str], masks: dict[str, str], mask_suffix: str,
             list_file: str | Path | None) -> FolderSpec:
     image, mask = images.get(stem), masks.get(stem + mask_suffix)
     if image is None or mask is None:
@@ -189,9 +192,10 @@ def check_size(mask_shape: tuple[int, ...], image_width: int, image_height: int,
 
 def convert(spec: FolderSpec, opts: FolderOptions) -> Sample:
     """Worker side: read the image and its mask, map the mask to class ids."""
-    image = read_image(Path(spec.image_path), max_pixels=opts.max_pixels)
-    mask = read_mask(Path(spec.mask_path), opts.max_pixels)
+    image = read_image(spec.image_path, max_pixels=opts.max_pixels)
+    mask = read_mask(spec.mask_path, opts.max_pixels)
     check_size(mask.values.shape, image.width, image.height, spec.mask_path)
     label = mask_label(mask, spec.mask_path, opts)
-    meta = {"source": opts.source, "id": Path(spec.image_path).stem, "file": Path(spec.image_path).name}
+    name = input_name(spec.image_path)
+    meta = {"source": opts.source, "id": Path(name).stem, "file": name}
     return Sample(spec.key, image.data, image.ext, image.mean, image.std, label, meta)

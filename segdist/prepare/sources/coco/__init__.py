@@ -4,6 +4,9 @@
     segmentation.py  one segmentation (polygons, RLE) checked
     select.py        the images drawn (--per-class) and their annotations
     render.py        worker side: the instances painted into a label map; the ratio split
+
+--images and --annotations may be s3:// or http(s):// URLs: the driver fetches the annotation file
+(into a temporary file), and each task reads its images by the URLs the file's names give.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 from segdist.errors import DataError
 from segdist.prepare.inputs import DEFAULT_MAX_PIXELS
 from segdist.prepare.jobs import PrepareJob, label_options, parse_classes
+from segdist.prepare.locations import is_remote, local_copy, resolve
 from segdist.prepare.sources.coco import annotation_file as coco_json
 from segdist.prepare.sources.coco import render, select
+from segdist.utils.secrets import redact
 from segdist.utils.viz import default_palette
 
 
@@ -24,10 +29,12 @@ def job(images: str | Path, annotations: str | Path, classes: str | list[str], *
         overlap: str = "area", crowd: str = "ignore", keep_empty: bool = False, ignore_index: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS, shard_size: int = 256, shard_bytes: int | None = None) -> PrepareJob:
     """What `segdist prepare coco` will write: the selected images, their splits and options (nothing written yet)."""
-    given, annotations = str(annotations), Path(annotations)
-    data = coco_json.load_annotations(annotations)
+    given = str(annotations)
+    annotations = redact(given) if is_remote(given) else Path(given)  # as messages name it
+    with local_copy(given, "annotation file") as local:  # a remote file: fetched, the only one the driver reads
+        data = coco_json.load_annotations(local, annotations)
     cats = coco_json.resolve_classes(parse_classes(classes), data.categories, annotations)
-    specs, orphans = select.build_specs(data, Path(images).resolve(), cats, crowd=crowd, keep_empty=keep_empty,
+    specs, orphans = select.build_specs(data, resolve(images), cats, crowd=crowd, keep_empty=keep_empty,
                                         per_class=per_class, seed=seed)
     if not specs:
         raise DataError(f"{annotations}: nothing selected: no image holds an instance of {classes} (crowd regions "

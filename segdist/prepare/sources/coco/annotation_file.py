@@ -94,12 +94,13 @@ class _NotFast(Exception):
     """The fast path cannot vouch for the file: read it the slow way, which says what is wrong."""
 
 
-def load_annotations(path: Path) -> CocoFile:
-    """Load a COCO instances JSON and check its structure: the file, entry and key named on error."""
+def load_annotations(path: Path, shown: Path | str | None = None) -> CocoFile:
+    """Load a COCO instances JSON and check its structure: the file (as `shown`, e.g. the URL it came from),
+    entry and key named on error."""
     try:
         return _load_fast(Path(path))
     except _NotFast:
-        return _from_dicts(read_json_checked(Path(path)))
+        return _from_dicts(read_json_checked(Path(path), shown))
 
 
 def _load_fast(path: Path) -> CocoFile:
@@ -133,16 +134,17 @@ def _finite_numbers(annotations: list[Annotation]) -> bool:
         and bool(np.isfinite(areas).all() and (areas >= 0).all())
 
 
-def read_json_checked(path: Path) -> dict:
+def read_json_checked(path: Path, shown: Path | str | None = None) -> dict:
     """The slow path: json.load, then check_structure's pass over every entry (its errors name entry and key)."""
+    shown = path if shown is None else shown
     try:
         with open(path, "rb") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise DataError(f"{path}: annotation file does not exist") from None
+        raise DataError(f"{shown}: annotation file does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DataError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
-    check_structure(data, path)
+        raise DataError(f"{shown}: not valid JSON ({type(exc).__name__}: {exc})") from None
+    check_structure(data, shown)
     return data
 
 
@@ -188,7 +190,7 @@ _FIELDS: dict[str, tuple[tuple[str, bool, Callable[[object], bool], str], ...]] 
 }
 
 
-def check_structure(data: object, path: Path) -> None:
+def check_structure(data: object, path: Path | str) -> None:
     """Sections are lists of objects whose keys have the right types; image and category ids are unique."""
     if not isinstance(data, dict):
         raise DataError(f"{path}: not a COCO instances file (top level is {type(data).__name__}, not an object)")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from segdist.errors import DataError
 from segdist.format.manifest import IGNORE_INDEX, label_dtype
 from segdist.prepare.inputs import DEFAULT_MAX_PIXELS, Sample, SkipSample, decoder_errors, read_image
+from segdist.prepare.locations import input_name
 
 # How pixels claimed by several instances are labelled (see render_label).
 OVERLAP_POLICIES = ("area", "order", "ignore", "ignore-between-classes")
@@ -137,13 +137,13 @@ def convert(spec: CocoSpec, opts: CocoOptions) -> Sample:
     """Worker side: read and check the image, paint its label map."""
     if spec.broken:
         raise SkipSample("bad_annotation", f"{spec.path}: " + "; ".join(spec.broken[:3]))
-    image = read_image(Path(spec.path), (spec.width, spec.height), opts.max_pixels)
+    image = read_image(spec.path, (spec.width, spec.height), opts.max_pixels)
     with decoder_errors("corrupt_annotation", f"{spec.path} (annotations of image id {spec.image_id})"):
         label = render_label(spec, opts)
     boxes = [
         [inst.label, *(round(v, 2) for v in inst.bbox)] for inst in spec.instances if not inst.iscrowd
     ]
-    meta = {"source": "coco", "id": spec.image_id, "file": Path(spec.path).name, "boxes": boxes}
+    meta = {"source": "coco", "id": spec.image_id, "file": input_name(spec.path), "boxes": boxes}
     return Sample(spec.key, image.data, image.ext, image.mean, image.std, label, meta)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from msgspec import UNSET
 
-from segdist.prepare.inputs import safe_key
+from segdist.prepare.inputs import InputPath, safe_key
+from segdist.prepare.locations import input_url
 from segdist.prepare.sources.coco.annotation_file import Annotation, CocoFile
 from segdist.prepare.sources.coco.render import CocoSpec, Instance
 from segdist.prepare.sources.coco.segmentation import SEGMENTATION_PROBLEMS, clean_segmentation
@@ -53,7 +54,7 @@ class Annotated:
         return sorted(found, key=lambda inst: inst.ann_id)
 
 
-def build_specs(data: CocoFile, image_dir: Path, classes: list[dict], *, crowd: str, keep_empty: bool,
+def build_specs(data: CocoFile, image_dir: InputPath, classes: list[dict], *, crowd: str, keep_empty: bool,
                 per_class: int | None, seed: int) -> tuple[list[CocoSpec], Counter]:
     """Select the images to convert (sorted by image id); also count annotations of unknown images."""
     found = index_annotations(data, {c["id"]: i + 1 for i, c in enumerate(classes)})
@@ -63,7 +64,7 @@ def build_specs(data: CocoFile, image_dir: Path, classes: list[dict], *, crowd: 
     for i in image_ids:
         img = found.images[i]
         specs.append(CocoSpec(key=safe_key(str(Path(img["file_name"]).with_suffix(""))),
-                              path=str(image_dir / img["file_name"]), image_id=i, width=img["width"],
+                              path=input_url(image_dir, img["file_name"]), image_id=i, width=img["width"],
                               height=img["height"], instances=found.checked(i), dropped=dict(found.dropped.get(i, {})),
                               broken=found.broken.get(i, [])))
     return specs, found.orphans
