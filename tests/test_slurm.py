@@ -256,3 +256,18 @@ def test_evaluate_scores_the_checkpoint_over_two_nodes(cluster: SlurmCluster, pr
     # lies between.
     assert constant_class_miou(metrics["confusion"]) < 0.35 <= metrics["miou"]
     assert "WARNING" not in job.output
+
+
+def test_predict_shares_the_inputs_over_two_nodes(cluster: SlurmCluster, prepared: tuple[Path, Job],
+                                                  trained: tuple[Path, Job]) -> None:
+    shards, _ = prepared
+    run, _ = trained
+    out = cluster.root / "preds"
+    job = finish(cluster, submit(cluster, "evaluate.sbatch", "--run", str(run), "--checkpoint", "last",
+                                 "--shards", str(shards), "--split", "val", "--out", str(out), "--outputs", "index",
+                                 env={"SEGDIST_COMMAND": "predict"}), timeout=180)
+    assert job.ok, job.output[-5000:]
+    samples = manifest(shards)["splits"]["val"]["samples"]
+    written = {int(r): int(n) for r, n in re.findall(r"\[rank (\d+)/2\] wrote (\d+),", job.output)}
+    assert set(written) == {0, 1} and sum(written.values()) == samples and min(written.values()) > 0
+    assert len(list((out / "index").glob("*.png"))) == samples
