@@ -160,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
                 workers=args.workers, output_format=args.format, max_pixels=args.max_pixels, outputs=args.outputs,
                 probs_dtype=args.probs_dtype, overwrite=args.overwrite, shards=args.shards, split=args.split,
-                **_inference_options(args))
+                tile=args.tile, overlap=args.overlap, **_inference_options(args))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -384,6 +384,10 @@ def _add_predict(sub: argparse._SubParsersAction, run: argparse.ArgumentParser, 
                         "resume; done is judged by file names, so pass it after changing the checkpoint or TTA)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="images read ahead and written per step, per process (each is predicted alone)")
+    p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="images of any size: slide windows of H x W, one row of windows held at a time, files "
+                        "written as rows finish (index and color; BigTIFF past PIL's pixel limit)")
+    p.add_argument("--overlap", type=int, default=0, metavar="P", help="with --tile: pixels shared by neighbours")
     p.set_defaults(func=cmd_predict)
 
 

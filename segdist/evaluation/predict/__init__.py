@@ -5,6 +5,7 @@
     reading.py      DataLoader workers read, skip done inputs, decode and resize
     outputs.py      the files of one input (index, color, overlay, probs; or Cityscapes labelIds) and their bytes
     destination.py  a local folder or an s3:// prefix, each file complete under its final name or absent
+    tiles.py        --tile H W --overlap P: an image of any size, band by band, its files written row by row
     driver.py       one process's loop: read in batches, predict each image, write, agree once per batch
     summary.py      the counts over all processes, told once
 
@@ -38,6 +39,7 @@ from segdist.evaluation.predict.inputs import IMAGE_SUFFIXES, Input, check_citys
 from segdist.evaluation.predict.outputs import DEFAULT_OUTPUTS, OUTPUTS, PROBS_DTYPES, OutputPlan
 from segdist.evaluation.predict.ranks import from_main
 from segdist.evaluation.predict.summary import report
+from segdist.evaluation.predict.tiles import check_tiles
 from segdist.models.inference import NO_TTA, TTA, check_mode
 from segdist.runs.run import load_run
 
@@ -48,18 +50,25 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
             mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
             tta: TTA = NO_TTA, batch_size: int = 4, workers: int | None = None, output_format: str = "segdist",
             max_pixels: int | None = None, outputs: Sequence[str] | str | None = None, probs_dtype: str = "uint8",
-            overwrite: bool = False, shards: str | None = None, split: str | None = None) -> dict:
+            overwrite: bool = False, shards: str | None = None, split: str | None = None,
+            tile: Sequence[int] | None = None, overlap: int = 0) -> dict:
     """Predict every image `inputs` names (or every sample of `split` of `shards`) into `out`.
 
     `out` is a folder or an s3:// prefix; `outputs` any of index, color, overlay, probs (default the
     first three; see outputs.py for the files and how to read probs/<stem>.npz). Inputs already done
     in `out` are skipped unless `overwrite`. Under `accelerate launch` every process predicts its share.
 
+    `tile=(H, W), overlap=P` predicts each image window row by window row with the windows of
+    `mode="slide", crop=(H, W), stride=(H-P, W-P)` at the stored resolution, holding one window row of
+    logits and writing rows as they are finished: images of any size (see tiles.py).
+
     Returns this process's {"written": [...], "already_done": [...], "skipped": [(input, reason)]}
     and the job's "totals" (counts over all processes).
     """
     check_mode(mode, crop, stride)
     plan = OutputPlan.of(output_format, outputs, probs_dtype)
+    if tile is not None:
+        check_tiles(tile, overlap, mode, tta, plan)
     destination = Destination(out, plan.folders)
     run = load_run(run_dir, checkpoint)
     if output_format == "cityscapes":
@@ -67,13 +76,15 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
     accelerator = make_accelerator(timeout_s=run.config.train.collective_timeout)
     items = from_main(accelerator, lambda: listed(inputs, shards, split, output_format))
     precision = run.config.train.mixed_precision
+    how = f"mode {mode}" if tile is None else f"tiles {tile[0]}x{tile[1]} overlap {overlap} at the stored resolution"
     accelerator.print(f"predicting {len(items)} image(s) with {run.checkpoint} on {accelerator.num_processes} "
-                      f"process(es) ({accelerator.device}), mode {mode}, TTA {tta}, precision {precision}")
+                      f"process(es) ({accelerator.device}), {how}, TTA {tta}, precision {precision}")
     try:
         tally = predict_share(run, items, plan, destination, accelerator, overwrite=overwrite,
                               batch_size=batch_size, workers=run.config.data.workers if workers is None else workers,
                               max_pixels=max_pixels or run.config.data.max_pixels,
-                              options={"mode": mode, "crop": crop, "stride": stride, "tta": tta})
+                              options={"mode": mode, "crop": crop, "stride": stride, "tta": tta},
+                              tiling=None if tile is None else {"tile": tuple(tile), "overlap": overlap})
     finally:
         destination.close()
     return report(accelerator, tally, plan, str(out), len(items))

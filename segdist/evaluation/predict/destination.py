@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from segdist import storage
@@ -64,15 +66,21 @@ class Destination:
 
     def put(self, relative: str, data: bytes) -> None:
         """Write `data` as `relative`, complete or not at all."""
+        with self.writing(relative) as path:
+            path.write_bytes(data)
+
+    @contextmanager
+    def writing(self, relative: str) -> Iterator[Path]:
+        """A local path to write `relative` to; when the block ends cleanly the file is published under its name."""
         faults.hit("predict")  # an error while writing (the tests')
         if not self.remote:
             with atomic_path(self.url(relative)) as temporary:
-                temporary.write_bytes(data)
+                yield temporary
                 faults.hit("kill_in_predict")  # a crash between the write and the rename (the tests')
             return
         staged = Path(self.staging(), relative.replace("/", "__"))
         try:
-            staged.write_bytes(data)
+            yield staged
             faults.hit("kill_in_predict")
             storage.publish_file(staged, self.url(relative))
         finally:

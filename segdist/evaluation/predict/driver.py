@@ -20,20 +20,28 @@ from segdist.evaluation.predict.outputs import OutputPlan, encoded
 from segdist.evaluation.predict.ranks import share
 from segdist.evaluation.predict.reading import InputImages, Loaded
 from segdist.evaluation.predict.summary import Tally
+from segdist.evaluation.predict.tiles import TiledInputs, either_suffix, predict_tiled
 from segdist.models.inference import argmax
 from segdist.runs.run import Run
 from segdist.utils import faults
 
 
 def predict_share(run: Run, items: list[Input], plan: OutputPlan, destination: Destination, accelerator,  # noqa: ANN001
-                  *, overwrite: bool, batch_size: int, workers: int, max_pixels: int, options: dict) -> Tally:
-    """Predict this process's share of `items` (see ranks.share) into `destination`; what it did."""
+                  *, overwrite: bool, batch_size: int, workers: int, max_pixels: int, options: dict,
+                  tiling: dict | None = None) -> Tally:
+    """Predict this process's share of `items` (see ranks.share) into `destination`; what it did.
+
+    `tiling` ({"tile": (H, W), "overlap": P}): each image band by band in the main thread (tiles.py).
+    """
     destination.prepare(accelerator.is_main_process)
     accelerator.wait_for_everyone()  # a crashed run's temporary files are gone before any process writes
     existing = set() if overwrite else destination.existing()
     mine = share(items, accelerator.process_index, accelerator.num_processes)
-    images = InputImages(mine, plan, existing, Reader.from_config(run.config.data), run.eval_size, run.resize_side,
-                         max_pixels)
+    if tiling:  # nothing decoded ahead: predict_tiled reads each image by rows
+        existing, workers = either_suffix(existing), 0
+        tiling = {**tiling, "tta": options["tta"], "max_pixels": max_pixels}
+    images = (TiledInputs if tiling else InputImages)(mine, plan, existing, Reader.from_config(run.config.data),
+                                                      run.eval_size, run.resize_side, max_pixels)
     tally = Tally()
     with Loader(images, batch_size=batch_size, num_workers=min(workers, len(mine)), collate_fn=list) as loader, \
             tqdm(total=len(items), disable=not accelerator.is_main_process, desc="predict", unit="img",
@@ -44,7 +52,7 @@ def predict_share(run: Run, items: list[Input], plan: OutputPlan, destination: D
             try:
                 batch = next(batches, None) if batches is not None else None
                 if batch is not None:
-                    predict_batch(run, batch, plan, destination, accelerator.device, options, tally)
+                    predict_batch(run, batch, plan, destination, accelerator.device, options, tally, tiling)
             except Exception as exc:  # noqa: BLE001 - the other processes must hear of it (stop_all)
                 error = exc
             batches = batches if batch is not None else None
@@ -57,13 +65,21 @@ def predict_share(run: Run, items: list[Input], plan: OutputPlan, destination: D
 
 
 def predict_batch(run: Run, batch: list[Loaded], plan: OutputPlan, destination: Destination, device,  # noqa: ANN001
-                  options: dict, tally: Tally) -> None:
+                  options: dict, tally: Tally, tiling: dict | None = None) -> None:
     """Predict each readable input of `batch` that still needs files and write those files; count the others."""
     ready = [item for item in batch if item.ready]
     for item in batch:
         if not item.ready:
             tally.count(item)
     for item in ready:
+        if tiling:
+            faults.at_step(len(tally.written))
+            item.error = predict_tiled(run, item, destination, device, **tiling)
+            if item.error:
+                tally.count(item)
+            else:
+                tally.written.append(item.where)
+            continue
         # alone, as Run.predict: a forward pass's batch size changes its float rounding (oneDNN, cuDNN), and
         # so the outputs would depend on which images share a batch: on the process count and on what is done
         (probs,) = run.probabilities([item.image], [item.rgb.shape[:2]], device, **options)

@@ -36,10 +36,11 @@ class Loaded:
     rgb: np.ndarray | None = None
     image: torch.Tensor | None = None
     error: str | None = None
+    source: str | None = None  # --tile: the file, read band by band as it is predicted (tiles.py)
 
     @property
     def ready(self) -> bool:
-        return self.image is not None
+        return self.image is not None or self.source is not None
 
 
 class InputImages(Dataset):

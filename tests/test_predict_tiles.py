@@ -1,0 +1,169 @@
+"""`segdist predict --tile H W --overlap P`: slide mode's windows band by band, bounded memory, rows written as they finish."""
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from segdist.config import Config
+from segdist.config.loading import save_config
+from segdist.errors import DataError
+from segdist.evaluation.predict import predict
+from segdist.evaluation.predict.tiles import PngWriter, TiffRows
+from segdist.models import build_from_config
+from segdist.models.inference import TTA, infer, parse_tta, slide_logits
+from segdist.models import tiled
+from segdist.models.tiled import band_probabilities
+from segdist.runs.run import load_run
+
+CLASSES = ["background", "road", "roof", "tree"]
+
+
+@pytest.fixture(scope="module")
+def tiny_tile_run(tmp_path_factory):
+    """A random-init U-Net (timm's test_resnet encoder) as a run directory: no training, no val_size."""
+    root = tmp_path_factory.mktemp("tile_run")
+    cfg = Config()
+    cfg.model.arch, cfg.model.encoder = "unet", "test_resnet"
+    cfg.model.arch_kwargs = {"decoder_channels": [16] * 5}
+    save_config(cfg, root / "config.yaml")
+    manifest = {"classes": CLASSES, "palette": [[0, 0, 0], [128, 64, 128], [200, 0, 0], [0, 160, 0]],
+                "ignore_index": 255, "splits": {}, "mean": [0.4, 0.45, 0.5], "std": [0.25, 0.25, 0.25]}
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    torch.manual_seed(0)
+    model = build_from_config(cfg.model, len(CLASSES), pretrained=False)
+    best = root / "checkpoints" / "best"
+    best.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(best / "model.safetensors"))
+    (best / "segdist_complete.json").write_text(json.dumps({"files": ["model.safetensors"]}))
+    return root
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An RGB image with structure at several scales (a random net then gives several classes)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    big = np.kron(small, np.ones((8, 8, 1), np.uint8))[:height, :width]
+    return np.clip(big.astype(int) + rng.integers(-20, 20, big.shape), 0, 255).astype(np.uint8)
+
+
+def test_band_logits_are_slide_logits_float_for_float_and_class_ids_agree():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.Upsample(scale_factor=2),
+                              torch.nn.Conv2d(8, 5, 3, padding=1)).eval()
+    # uneven grids, the last window aligned to the edge, an image smaller than the window, flip
+    for (h, w), crop, stride, flip in [((97, 131), (40, 40), (17, 29), False), ((100, 150), (32, 48), (24, 40), True),
+                                       ((20, 30), (32, 48), (24, 40), True)]:
+        x = torch.randn(1, 3, h, w)
+        finished = []
+        with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+            plain_finish = tiled.Band.finish
+            patch.setattr(tiled.Band, "finish", lambda band, rows: finished.append(plain_finish(band, rows))
+                          or finished[-1])
+            blocks = list(band_probabilities(net, lambda a, b: x[..., a:b, :], (h, w), crop, stride, flip))
+            expected = infer(net, x, "slide", crop=crop, stride=stride, tta=TTA(flip=flip))[0]
+            if not flip:
+                assert torch.equal(torch.cat(finished, 2)[..., :h, :w], slide_logits(net, x, crop, stride))
+        probs = torch.cat(blocks, 1)
+        assert probs.shape == expected.shape
+        # the softmax may differ in its last bit (the CPU kernel's vector/tail split: see models/tiled.py)
+        torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+        assert (probs.argmax(0) == expected.argmax(0)).float().mean() >= 0.9999
+
+
+@pytest.mark.parametrize("tta", [None, "flip"])
+def test_tiled_predict_writes_the_class_ids_of_slide_mode(tiny_tile_run, tmp_path, tta):
+    rgb = smooth_image(150, 190)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    run = load_run(tiny_tile_run)
+    expected = run.predict(rgb, mode="slide", crop=(64, 96), stride=(48, 80), tta=tta, device="cpu")
+    done = predict(tiny_tile_run, tmp_path / "photo.png", tmp_path / "out", tile=(64, 96), overlap=16,
+                   outputs="index,color", tta=parse_tta(tta), workers=0)
+    assert done["written"] == [str(tmp_path / "photo.png")]
+    index = np.asarray(Image.open(tmp_path / "out/index/photo.png"))
+    assert index.shape == rgb.shape[:2] and len(np.unique(index)) > 1
+    assert (index == expected).mean() >= 0.9999
+    colour = np.asarray(Image.open(tmp_path / "out/color/photo.png"))
+    assert np.array_equal(colour, np.asarray(run.palette, np.uint8)[index])
+
+
+def test_a_tiff_input_is_read_by_segments_and_matches_the_decoded_image(tmp_path):
+    rgb = smooth_image(300, 500, seed=1)
+    tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(64, 128), compression="zlib")
+    tifffile.imwrite(tmp_path / "strips.tif", rgb, rowsperstrip=16)
+    tifffile.imwrite(tmp_path / "grey.tif", rgb[..., 0], tile=(32, 32))
+    for name, expected in [("tiled.tif", rgb), ("strips.tif", rgb), ("grey.tif", np.repeat(rgb[..., :1], 3, 2))]:
+        rows = TiffRows(tmp_path / name)
+        try:
+            assert (rows.height, rows.width) == (300, 500)
+            for top, bottom in [(0, 300), (5, 70), (250, 300), (63, 64)]:
+                assert np.array_equal(rows.read(top, bottom), expected[top:bottom]), (name, top, bottom)
+        finally:
+            rows.close()
+
+
+def test_the_band_held_does_not_grow_with_the_image_height(tiny_tile_run, tmp_path):
+    """tracemalloc sees every numpy buffer (on the CPU the band is one): its peak for an image 8x as tall is that of
+    the short one (plus tifffile's offset of each input tile), far below the tall image's logits."""
+    peaks = {}
+    for height in (64, 256, 2048):  # the first one warms up: imports and caches are not the band
+        tifffile.imwrite(tmp_path / f"h{height}.tif", smooth_image(height, 256, seed=2), tile=(32, 32))
+        tracemalloc.start()
+        predict(tiny_tile_run, tmp_path / f"h{height}.tif", tmp_path / "out", tile=(64, 64), overlap=16,
+                outputs="index,color", workers=0)
+        peaks[height] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    band = 64 * 256 * len(CLASSES) * 4  # summed logits of one window row (float32)
+    full_logits = 2048 * 256 * len(CLASSES) * 4  # what --mode slide holds for the tall image
+    print(f"tracemalloc peaks {peaks} B; band {band} B; the tall image's logits {full_logits} B")
+    assert peaks[2048] < peaks[256] + band / 4
+    assert peaks[2048] < full_logits / 4
+    assert np.asarray(Image.open(tmp_path / "out/index/h2048.png")).shape == (2048, 256)
+
+
+def test_an_image_over_the_pil_limit_is_written_as_a_tiled_bigtiff(tiny_tile_run, tmp_path, monkeypatch):
+    rgb = smooth_image(300, 280, seed=3)
+    Image.fromarray(rgb).save(tmp_path / "ortho.png")
+    small = predict(tiny_tile_run, tmp_path / "ortho.png", tmp_path / "png", tile=(64, 64), overlap=8,
+                    outputs="index,color", workers=0)
+    assert small["written"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 280 - 1)
+    predict(tiny_tile_run, tmp_path / "ortho.png", tmp_path / "tif", tile=(64, 64), overlap=8,
+            outputs="index,color", workers=0)
+    monkeypatch.undo()
+    for output in ("index", "color"):
+        assert not (tmp_path / f"tif/{output}/ortho.png").exists()
+        with tifffile.TiffFile(tmp_path / f"tif/{output}/ortho.tif") as tif:
+            assert tif.is_bigtiff and tif.pages[0].is_tiled
+            written = tif.asarray()
+        assert np.array_equal(written, np.asarray(Image.open(tmp_path / f"png/{output}/ortho.png")))
+    assert len(np.unique(tifffile.imread(tmp_path / "tif/index/ortho.tif"))) > 1
+    # done is either name: a second run writes nothing
+    again = predict(tiny_tile_run, tmp_path / "ortho.png", tmp_path / "tif", tile=(64, 64), overlap=8,
+                    outputs="index,color", workers=0)
+    assert again["already_done"] and not again["written"]
+
+
+def test_what_tiles_cannot_bound_is_refused_before_anything_runs(tiny_tile_run, tmp_path):
+    for options, words in [({"outputs": "index,overlay"}, "overlay"), ({"outputs": "probs"}, "probs"),
+                           ({"tta": parse_tta("scales=0.5,1.0")}, "flip only"),
+                           ({"mode": "slide", "crop": (64, 64), "stride": (48, 48)}, "leave out"),
+                           ({"overlap": 64}, "overlap")]:
+        with pytest.raises(DataError, match=words):
+            predict(tiny_tile_run, tmp_path / "none.png", tmp_path / "out", tile=(64, 64), **options)
+
+
+def test_the_streamed_png_reads_back_as_written(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 300, (37, 23), dtype=np.uint16)
+    for array in (rows.astype(np.uint8), rows, np.stack([rows.astype(np.uint8)] * 3, -1)):
+        writer = PngWriter(tmp_path / "x.png", *array.shape[:2], 3 if array.ndim == 3 else 1, array.dtype)
+        for top in range(0, 37, 10):
+            writer.write(array[top : top + 10])
+        writer.close()
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), array)
