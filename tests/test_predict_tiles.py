@@ -63,9 +63,9 @@ def test_band_logits_are_slide_logits_float_for_float_and_class_ids_agree():
         x = torch.randn(1, 3, h, w)
         finished = []
         with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-            plain_finish = tiled.Band.finish
-            patch.setattr(tiled.Band, "finish", lambda band, rows: finished.append(plain_finish(band, rows))
-                          or finished[-1])
+            plain_shift = tiled.Band.shift  # the logits of the rows done, as the band moves on
+            patch.setattr(tiled.Band, "shift", lambda band, rows: finished.append(band.average(0, rows).clone())
+                          or plain_shift(band, rows))
             blocks = list(band_probabilities(net, lambda a, b: x[..., a:b, :], (h, w), crop, stride, flip))
             expected = infer(net, x, "slide", crop=crop, stride=stride, tta=TTA(flip=flip))[0]
             if not flip:
@@ -167,3 +167,14 @@ def test_the_streamed_png_reads_back_as_written(tmp_path):
             writer.write(array[top : top + 10])
         writer.close()
         assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), array)
+
+
+def test_the_command_line_takes_tile_and_overlap_and_writes_index_and_color_by_default(tiny_tile_run, tmp_path):
+    from helpers import run_cli
+
+    tifffile.imwrite(tmp_path / "ortho.tif", smooth_image(90, 120, seed=4), tile=(32, 32))
+    run_cli("predict", "--run", tiny_tile_run, "--input", tmp_path / "ortho.tif", "--out", tmp_path / "out",
+            "--tile", 64, 64, "--overlap", 16, "--workers", 0)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
+        ["color/ortho.png", "index/ortho.png"]
+    assert not (tmp_path / "out/overlay").exists()

@@ -5,7 +5,7 @@ The windows, their order and each pixel's sum are those of `inference.slide_logi
 the count; an image smaller than the window padded up to it), so every pixel's averaged logits are the same
 floats. Only the band under the current window row is held (window height x padded width x classes,
 float32, per view): rows above the next window row's top get no more windows, so they are divided, turned
-into probabilities and handed out, and the band moves down.
+into probabilities and handed out (FINISH_ROWS at a time), and the band moves down.
 
 The probabilities can differ from `infer(..., mode="slide")`'s in the last bit: PyTorch's CPU softmax
 splits a tensor's pixels into vector lanes and a scalar tail per thread chunk, and a block of rows is split
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from segdist.models.inference import padded_logits, window_starts
 
+FINISH_ROWS = 32  # finished rows are averaged and softmaxed this many at a time: a few temporaries of this size
 RowReader = Callable[[int, int], Tensor]  # (top, bottom) -> normalised rows [1, 3, bottom - top, W] on the device
 
 
@@ -45,13 +46,15 @@ class Band:
             self.summed[..., left : left + window] += logits
             self.count[..., left : left + window] += 1
 
-    def finish(self, rows: int) -> Tensor:
-        """The averaged logits of the first `rows` rows; the band then starts `rows` lower (new rows zero)."""
-        done = self.summed[..., :rows, :] / self.count[..., :rows, :]
+    def average(self, first: int, last: int) -> Tensor:
+        """The averaged logits [1, C, last - first, width] of the band's rows [first, last)."""
+        return self.summed[..., first:last, :] / self.count[..., first:last, :]
+
+    def shift(self, rows: int) -> None:
+        """Start the band `rows` lower: its first rows are done, the new ones at the bottom are zero."""
         for held in (self.summed, self.count):
             held[..., : self.rows - rows, :] = held[..., rows:, :].clone()
             held[..., self.rows - rows :, :] = 0
-        return done
 
 
 def zeros(shape: tuple[int, ...], device: torch.device) -> Tensor:
@@ -75,18 +78,27 @@ def band_probabilities(model: torch.nn.Module, rows: RowReader, size: tuple[int,
     lefts = window_starts(width, crop[1], stride[1])
     views = {False: Band(crop[0], width), **({True: Band(crop[0], width)} if flip else {})}
     for i, top in enumerate(tops):
-        end = tops[i + 1] if i + 1 < len(tops) else height
+        end = tops[i + 1] if i + 1 < len(tops) else height  # rows above the next window row are finished
         image = rows(top, min(top + crop[0], h))
-        probs = None
         for flipped, band in views.items():
             view = image.flip(-1) if flipped else image
             band.add(model, F.pad(view, (0, width - w, 0, crop[0] - view.shape[-2])), lefts, crop[1])
-            logits = band.finish(end - top)[..., : min(end, h) - top, :w]
-            if flipped:
-                logits = logits.flip(-1)
-            view_probs = logits.float().softmax(dim=1)
-            probs = view_probs if probs is None else probs.add_(view_probs)
-        if flip:
-            probs /= 2
-        if min(end, h) > top:
-            yield probs[0]
+        finished = min(end, h) - top
+        for first in range(0, finished, FINISH_ROWS):
+            yield finish(views, first, min(first + FINISH_ROWS, finished), w)
+        for band in views.values():
+            band.shift(end - top)
+
+
+def finish(views: dict[bool, Band], first: int, last: int, w: int) -> Tensor:
+    """Probabilities [C, last - first, w] of the band's rows [first, last): each view's softmax, averaged (`infer`)."""
+    probs = None
+    for flipped, band in views.items():
+        logits = band.average(first, last)[..., :w]
+        if flipped:
+            logits = logits.flip(-1)
+        view_probs = logits.float().softmax(dim=1)
+        probs = view_probs if probs is None else probs.add_(view_probs)
+    if len(views) > 1:
+        probs /= len(views)
+    return probs[0]

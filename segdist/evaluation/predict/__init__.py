@@ -39,7 +39,7 @@ from segdist.evaluation.predict.inputs import IMAGE_SUFFIXES, Input, check_citys
 from segdist.evaluation.predict.outputs import DEFAULT_OUTPUTS, OUTPUTS, PROBS_DTYPES, OutputPlan
 from segdist.evaluation.predict.ranks import from_main
 from segdist.evaluation.predict.summary import report
-from segdist.evaluation.predict.tiles import check_tiles
+from segdist.evaluation.predict.tiles import TILE_OUTPUTS, check_tiles
 from segdist.models.inference import NO_TTA, TTA, check_mode
 from segdist.runs.run import load_run
 
@@ -60,12 +60,15 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
 
     `tile=(H, W), overlap=P` predicts each image window row by window row with the windows of
     `mode="slide", crop=(H, W), stride=(H-P, W-P)` at the stored resolution, holding one window row of
-    logits and writing rows as they are finished: images of any size (see tiles.py).
+    logits and writing rows as they are finished: images of any size (see tiles.py); its outputs are index
+    and color (the default then).
 
     Returns this process's {"written": [...], "already_done": [...], "skipped": [(input, reason)]}
     and the job's "totals" (counts over all processes).
     """
     check_mode(mode, crop, stride)
+    if tile is not None and outputs is None and output_format == "segdist":
+        outputs = TILE_OUTPUTS  # the default with --tile: overlay and probs cannot be bounded
     plan = OutputPlan.of(output_format, outputs, probs_dtype)
     if tile is not None:
         check_tiles(tile, overlap, mode, tta, plan)
