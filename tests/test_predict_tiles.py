@@ -1,4 +1,4 @@
-"""`segdist predict --tile H W --overlap P`: slide mode's windows band by band, bounded memory, rows written as they finish."""
+"""`segdist predict --tile H W --overlap P`: slide windows band by band, bounded memory, rows written as they finish."""
 
 import json
 import tracemalloc
@@ -178,3 +178,25 @@ def test_the_command_line_takes_tile_and_overlap_and_writes_index_and_color_by_d
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == \
         ["color/ortho.png", "index/ortho.png"]
     assert not (tmp_path / "out/overlay").exists()
+
+
+@pytest.mark.parametrize("pil_limit", [None, 1000])
+def test_an_error_while_writing_leaves_no_file_and_no_temporary(tiny_tile_run, tmp_path, monkeypatch, pil_limit):
+    from segdist.evaluation.predict import tiles
+
+    Image.fromarray(smooth_image(200, 90, seed=5)).save(tmp_path / "photo.png")
+    calls = []
+
+    def failing(writers, labels, run):
+        calls.append(len(labels))
+        if len(calls) == 3:
+            raise OSError("disk full")
+        tiles_write_rows(writers, labels, run)
+
+    tiles_write_rows = tiles.write_rows
+    monkeypatch.setattr(tiles, "write_rows", failing)
+    if pil_limit:  # the BigTIFF path: its encoder thread stops before its temporary file is removed
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pil_limit)
+    with pytest.raises(OSError, match="disk full"):
+        predict(tiny_tile_run, tmp_path / "photo.png", tmp_path / "out", tile=(64, 64), overlap=16, workers=0)
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
