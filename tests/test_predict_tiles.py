@@ -108,6 +108,20 @@ def test_a_tiff_input_is_read_by_segments_and_matches_the_decoded_image(tmp_path
             rows.close()
 
 
+def test_a_tiff_tifffile_cannot_decode_alone_is_decoded_whole(tiny_tile_run, tmp_path):
+    """LZW needs imagecodecs in tifffile (not a dependency): OpenCV decodes the image whole instead."""
+    import cv2
+
+    rgb = smooth_image(120, 100, seed=6)
+    cv2.imwrite(str(tmp_path / "lzw.tif"), rgb[..., ::-1])  # OpenCV writes LZW TIFFs
+    assert tifffile.TiffFile(tmp_path / "lzw.tif").pages[0].compression == 5
+    Image.fromarray(rgb).save(tmp_path / "same.png")
+    for name in ("lzw.tif", "same.png"):
+        predict(tiny_tile_run, tmp_path / name, tmp_path / "out", tile=(64, 64), overlap=16, workers=0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out/index/lzw.png")),
+                          np.asarray(Image.open(tmp_path / "out/index/same.png")))
+
+
 def test_the_band_held_does_not_grow_with_the_image_height(tiny_tile_run, tmp_path):
     """tracemalloc sees every numpy buffer (on the CPU the band is one): its peak for an image 8x as tall is that of
     the short one (plus tifffile's offset of each input tile), far below the tall image's logits."""

@@ -4,11 +4,13 @@ The windows are `--mode slide --crop H W --stride H-P W-P`'s (models/tiled.py: t
 float), at the image's stored resolution (the run's data.val_size is not applied). Memory held, whatever
 the image's height: one window row of summed logits (H x W_image x classes float32; twice with TTA flip),
 the image rows under it, and the finished rows on their way to the files. Inputs: a TIFF/BigTIFF (local)
-is read strip by strip or tile by tile with tifffile, decoding only the segments under the band; other
-formats are decoded whole by PIL/OpenCV (uint8, up to --max-pixels). Outputs: index and color only, as a
-PNG streamed row by row while the image is within PIL's limit (PIL.Image.MAX_IMAGE_PIXELS), above it as
-a tiled, zlib-compressed BigTIFF (.tif) streamed tile row by tile row; overlay (JPEG, at most 65,535
-pixels a side) and probs (C x H x W in one .npz) cannot be bounded and are refused.
+is read strip by strip or tile by tile with tifffile, decoding only the segments under the band
+(uncompressed, deflate or LZMA; LZW, JPEG and PackBits need the imagecodecs package, else such a TIFF
+is decoded whole as other formats are); other formats are decoded whole by PIL/OpenCV (uint8, up to
+--max-pixels). Outputs: index and color only, as a PNG streamed row by row while the image is within
+PIL's limit (PIL.Image.MAX_IMAGE_PIXELS), above it as a tiled, zlib-compressed BigTIFF (.tif) streamed
+tile row by tile row; overlay (JPEG, at most 65,535 pixels a side) and probs (C x H x W in one .npz)
+cannot be bounded and are refused.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from segdist.utils.viz import colorize
 
 TILE_OUTPUTS = ("index", "color")
 TIFF_TILE = 256  # the BigTIFF outputs' tile side
+JPEG_COMPRESSIONS = (6, 7, 34892, 33007)  # tifffile passes these their JPEG tables
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF, either byte order
 
 
@@ -76,6 +79,10 @@ class ArrayRows:
         self.rgb = None
 
 
+class NoCodec(Exception):
+    """tifffile cannot decode this TIFF's compression by itself (LZW, JPEG, PackBits... need imagecodecs)."""
+
+
 class TiffRows:
     """A TIFF's first page by rows: only the strips or tiles under the rows asked for are read and decoded."""
 
@@ -84,15 +91,21 @@ class TiffRows:
 
         self.file = tifffile.TiffFile(path)
         page = self.file.pages[0]
-        samples = page.samplesperpixel
+        samples, jpeg = page.samplesperpixel, page.compression in JPEG_COMPRESSIONS
         if page.dtype != np.uint8 or samples not in (1, 3, 4) or (samples > 1 and page.planarconfig != 1) \
-                or page.imagedepth != 1:
+                or page.imagedepth != 1 or not (page.photometric in (1, 2) or (jpeg and page.photometric == 6)):
             self.file.close()
             raise DataError(f"{path}: --tile reads 8-bit grey, RGB or RGBA TIFFs with interleaved samples; this one "
-                            f"is {page.dtype}, {samples} sample(s), planar configuration {page.planarconfig}")
+                            f"is {page.dtype}, {samples} sample(s), planar configuration {page.planarconfig}, "
+                            f"photometric {page.photometric}")
         self.page, self.height, self.width = page, page.imagelength, page.imagewidth
         self.segment = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip, self.width)
         self.decode = page.decode  # tifffile's decoder of this page's segments (compression, predictor)
+        try:
+            self.read(0, 1)
+        except (ValueError, KeyError, ImportError, NotImplementedError) as exc:  # "... requires the imagecodecs package"
+            self.file.close()
+            raise NoCodec(str(exc)) from None
 
     def read(self, top: int, bottom: int) -> np.ndarray:
         """RGB uint8 rows [top, bottom)."""
@@ -110,7 +123,8 @@ class TiffRows:
         with handle.lock:
             handle.seek(page.dataoffsets[index])
             data = handle.read(page.databytecounts[index]) if page.databytecounts[index] else None
-        jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} if page.compression in (6, 7) else {}
+        jpeg = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader} \
+            if page.compression in JPEG_COMPRESSIONS else {}
         segment, position, _ = self.decode(data, index, _fullsize=page.is_tiled, **jpeg)
         if segment is None:
             return
@@ -125,13 +139,18 @@ class TiffRows:
 
 
 def open_rows(url: str, max_pixels: int) -> ArrayRows | TiffRows:
-    """The image at local path `url`, by rows: a TIFF read by segments, anything else decoded whole."""
+    """The image at local path `url`, by rows: a TIFF read by segments, anything else decoded whole (at most
+    `max_pixels`), as is a TIFF whose compression tifffile cannot decode alone."""
     if not storage.is_local(url):
         raise DataError("--tile reads local files (copy a remote image first)")
     path = storage.urls.local_path(url)
     with open(path, "rb") as file:
-        if file.read(4) in TIFF_MAGIC:
+        tiff = file.read(4) in TIFF_MAGIC
+    if tiff:
+        try:
             return TiffRows(path)
+        except NoCodec:  # OpenCV decodes LZW, JPEG and PackBits TIFFs: whole, so up to max_pixels
+            pass
     rgb = decode_rgb(np.fromfile(path, np.uint8), max_pixels=max_pixels)
     if rgb is None:
         raise DataError("not a decodable image")
