@@ -103,7 +103,7 @@ class TiffRows:
         self.decode = page.decode  # tifffile's decoder of this page's segments (compression, predictor)
         try:
             self.read(0, 1)
-        except (ValueError, KeyError, ImportError, NotImplementedError) as exc:  # "... requires the imagecodecs package"
+        except (ValueError, KeyError, ImportError, NotImplementedError) as exc:  # "... requires imagecodecs"
             self.file.close()
             raise NoCodec(str(exc)) from None
 
