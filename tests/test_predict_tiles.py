@@ -173,6 +173,8 @@ def test_what_tiles_cannot_bound_is_refused_before_anything_runs(tiny_tile_run, 
                            ({"overlap": 64}, "overlap")]:
         with pytest.raises(DataError, match=words):
             predict(tiny_tile_run, tmp_path / "none.png", tmp_path / "out", tile=(64, 64), **options)
+    with pytest.raises(DataError, match="--overlap belongs to --tile"):
+        predict(tiny_tile_run, tmp_path / "none.png", tmp_path / "out", overlap=16)
 
 
 def test_the_streamed_png_reads_back_as_written(tmp_path):
@@ -216,3 +218,20 @@ def test_an_error_while_writing_leaves_no_file_and_no_temporary(tiny_tile_run, t
     with pytest.raises(OSError, match="disk full"):
         predict(tiny_tile_run, tmp_path / "photo.png", tmp_path / "out", tile=(64, 64), overlap=16, workers=0)
     assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_tiles_to_an_s3_prefix_are_the_local_files(tiny_tile_run, s3_bucket, tmp_path, monkeypatch):
+    import os
+
+    import boto3
+
+    Image.fromarray(smooth_image(100, 130, seed=7)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 130 - 1)  # a BigTIFF
+    for out in (tmp_path / "out", f"{s3_bucket}/out"):
+        predict(tiny_tile_run, tmp_path / "a.png", out, tile=(64, 64), overlap=16, workers=0)
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    bucket = s3_bucket.removeprefix("s3://")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
+    assert keys == ["out/color/a.tif", "out/index/a.tif"]
+    for key in keys:
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == (tmp_path / key).read_bytes()

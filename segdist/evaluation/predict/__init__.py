@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segdist.distributed import make_accelerator
+from segdist.errors import DataError
 from segdist.evaluation.cityscapes_results import check_cityscapes_dataset
 from segdist.evaluation.predict.destination import Destination
 from segdist.evaluation.predict.driver import predict_share
@@ -72,6 +73,8 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
     plan = OutputPlan.of(output_format, outputs, probs_dtype)
     if tile is not None:
         check_tiles(tile, overlap, mode, tta, plan)
+    elif overlap:
+        raise DataError("--overlap belongs to --tile H W")
     destination = Destination(out, plan.folders)
     run = load_run(run_dir, checkpoint)
     if output_format == "cityscapes":
