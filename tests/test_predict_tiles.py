@@ -61,11 +61,14 @@ def test_band_logits_are_slide_logits_float_for_float_and_class_ids_agree():
     for (h, w), crop, stride, flip in [((97, 131), (40, 40), (17, 29), False), ((100, 150), (32, 48), (24, 40), True),
                                        ((20, 30), (32, 48), (24, 40), True)]:
         x = torch.randn(1, 3, h, w)
-        finished = []
+        finished, plain_shift = [], tiled.Band.shift
+
+        def shift(band, rows):  # keeps the averaged logits of the rows done as the band moves on
+            finished.append(band.average(0, rows).clone())
+            plain_shift(band, rows)
+
         with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
-            plain_shift = tiled.Band.shift  # the logits of the rows done, as the band moves on
-            patch.setattr(tiled.Band, "shift", lambda band, rows: finished.append(band.average(0, rows).clone())
-                          or plain_shift(band, rows))
+            patch.setattr(tiled.Band, "shift", shift)
             blocks = list(band_probabilities(net, lambda a, b: x[..., a:b, :], (h, w), crop, stride, flip))
             expected = infer(net, x, "slide", crop=crop, stride=stride, tta=TTA(flip=flip))[0]
             if not flip:
