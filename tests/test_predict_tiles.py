@@ -14,7 +14,8 @@ from segdist.config import Config
 from segdist.config.loading import save_config
 from segdist.errors import DataError
 from segdist.evaluation.predict import predict
-from segdist.evaluation.predict.tiles import PngWriter, TiffRows
+from segdist.evaluation.predict.tile_inputs import TiffRows
+from segdist.evaluation.predict.tile_outputs import PngWriter
 from segdist.models import build_from_config
 from segdist.models.inference import TTA, infer, parse_tta, slide_logits
 from segdist.models import tiled

@@ -6,6 +6,8 @@
     outputs.py      the files of one input (index, color, overlay, probs; or Cityscapes labelIds) and their bytes
     destination.py  a local folder or an s3:// prefix, each file complete under its final name or absent
     tiles.py        --tile H W --overlap P: an image of any size, band by band, its files written row by row
+    tile_inputs.py  --tile's image by rows: a TIFF by strips or tiles, anything else decoded whole
+    tile_outputs.py --tile's files as rows finish: a PNG row by row, above PIL's limit a tiled BigTIFF
     driver.py       one process's loop: read in batches, predict each image, write, agree once per batch
     summary.py      the counts over all processes, told once
 

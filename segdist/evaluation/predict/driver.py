@@ -20,7 +20,8 @@ from segdist.evaluation.predict.outputs import OutputPlan, encoded
 from segdist.evaluation.predict.ranks import share
 from segdist.evaluation.predict.reading import InputImages, Loaded
 from segdist.evaluation.predict.summary import Tally
-from segdist.evaluation.predict.tiles import TiledInputs, either_suffix, predict_tiled
+from segdist.evaluation.predict.tile_outputs import either_suffix
+from segdist.evaluation.predict.tiles import TiledInputs, predict_tiled
 from segdist.models.inference import argmax
 from segdist.runs.run import Run
 from segdist.utils import faults
