@@ -191,6 +191,27 @@ def test_the_streamed_png_reads_back_as_written(tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), array)
 
 
+def test_an_encoder_that_fails_in_its_thread_fails_the_write_and_a_short_png_fails_the_close(tmp_path, monkeypatch):
+    import png
+
+    rows = np.zeros((20, 30), np.uint8)
+    short = PngWriter(tmp_path / "short.png", 40, 30, 1, np.uint8)
+    short.write(rows)
+    with pytest.raises(DataError, match="20 rows of 40"):
+        short.close()
+
+    def full_disk(self, file, rows):
+        next(rows)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(png.Writer, "write_packed", full_disk)
+    failing = PngWriter(tmp_path / "full.png", 40, 30, 1, np.uint8)
+    with pytest.raises(DataError, match="writing the PNG failed: disk full"):
+        failing.write(rows)
+        failing.write(rows)
+    failing.abort()
+
+
 def test_the_command_line_takes_tile_and_overlap_and_writes_index_and_color_by_default(tiny_tile_run, tmp_path):
     from helpers import run_cli
 
