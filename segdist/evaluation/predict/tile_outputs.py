@@ -143,3 +143,6 @@ class TiffWriter(StreamedFile):
                 strip, pending = pending[:TIFF_TILE], pending[TIFF_TILE:]
                 yield from (strip[:, left : left + TIFF_TILE] for left in range(0, shape[1], TIFF_TILE))
         yield from (pending[:, left : left + TIFF_TILE] for left in range(0, shape[1], TIFF_TILE) if len(pending))
+
+
+WRITERS: dict[str, type[StreamedFile]] = {".png": PngWriter, ".tif": TiffWriter}  # by the file's suffix

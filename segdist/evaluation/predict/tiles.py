@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from segdist.evaluation.predict.inputs import SampleInput
 from segdist.evaluation.predict.outputs import OutputPlan
 from segdist.evaluation.predict.reading import InputImages, Loaded
 from segdist.evaluation.predict.tile_inputs import open_rows
-from segdist.evaluation.predict.tile_outputs import PngWriter, TiffWriter, tiled_files
+from segdist.evaluation.predict.tile_outputs import WRITERS, StreamedFile, tiled_files
 from segdist.models.inference import TTA, argmax, autocast
 from segdist.models.tiled import band_probabilities
 from segdist.runs.run import Run
@@ -82,14 +83,13 @@ def predict_tiled(run: Run, item: Loaded, destination: Destination, device: torc
 
 
 def open_writers(stack: ExitStack, destination: Destination, files: dict[str, str], size: tuple[int, int],
-                 run: Run) -> dict:
+                 run: Run) -> dict[str, StreamedFile]:
     """{output: writer} of each file, each written to a temporary path published when `stack` closes cleanly."""
     writers = {}
     for output, relative in files.items():
         path = stack.enter_context(destination.writing(relative))
-        kind = TiffWriter if relative.endswith(".tif") else PngWriter
         channels, dtype = (3, np.uint8) if output == "color" else (1, label_dtype(run))
-        writers[output] = kind(path, *size, channels, dtype)
+        writers[output] = WRITERS[Path(relative).suffix](path, *size, channels, dtype)
         stack.callback(writers[output].abort)  # an error: the encoder stops before its file is removed
     return writers
 
@@ -98,7 +98,7 @@ def label_dtype(run: Run) -> type:
     return np.uint8 if run.num_classes <= 256 else np.uint16
 
 
-def write_rows(writers: dict, labels: np.ndarray, run: Run) -> None:
+def write_rows(writers: dict[str, StreamedFile], labels: np.ndarray, run: Run) -> None:
     """Hand finished rows of class ids (and their colours) to the writers."""
     labels = labels.astype(label_dtype(run))
     for output, writer in writers.items():
