@@ -157,6 +157,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from segdist.evaluation.predict import predict
 
     with errors_reported_once():
+        if args.ray:
+            from segdist.evaluation.predict.ray_pipeline import predict_on_ray
+
+            if args.tile is not None:
+                raise DataError("--tile runs in the plain predict (one process, or accelerate launch), not with --ray")
+
+            predict_on_ray(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                           output_format=args.format, max_pixels=args.max_pixels, outputs=args.outputs,
+                           probs_dtype=args.probs_dtype, overwrite=args.overwrite, shards=args.shards,
+                           split=args.split, address=args.address, replicas=args.replicas,
+                           cpus_per_replica=args.cpus_per_replica, **_inference_options(args))
+            return
         predict(args.run, args.input, args.out, checkpoint=args.checkpoint, batch_size=args.batch_size,
                 workers=args.workers, output_format=args.format, max_pixels=args.max_pixels, outputs=args.outputs,
                 probs_dtype=args.probs_dtype, overwrite=args.overwrite, shards=args.shards, split=args.split,
@@ -388,6 +400,13 @@ def _add_predict(sub: argparse._SubParsersAction, run: argparse.ArgumentParser, 
                    help="images of any size: slide windows of H x W, one row of windows held at a time, files "
                         "written as rows finish (index and color; BigTIFF past PIL's pixel limit)")
     p.add_argument("--overlap", type=int, default=0, metavar="P", help="with --tile: pixels shared by neighbours")
+    ray = p.add_argument_group("on a Ray cluster (Ray Data: decode tasks, an actor pool of model replicas)")
+    ray.add_argument("--ray", action="store_true", help="predict as a Ray Data pipeline (a local cluster by default)")
+    ray.add_argument("--address", default=None, help="with --ray: join this cluster (e.g. auto, or HOST:6379)")
+    ray.add_argument("--replicas", type=int, default=None,
+                     help="with --ray: model replicas (default: one per GPU, or as many as the CPUs fit)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1,
+                     help="with --ray: CPUs (torch threads) per replica where there is no GPU (default 1)")
     p.set_defaults(func=cmd_predict)
 
 

@@ -55,7 +55,10 @@ class InputImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Loaded:
-        item = self.items[index]
+        return self.load(self.items[index])
+
+    def load(self, item: Input) -> Loaded:
+        """One input, read and decoded unless done (also Ray's decode tasks: ray_pipeline.py)."""
         if isinstance(item, SampleInput):
             return self.sample(item)
         loaded = self.to_write(item.where, item.name)

@@ -50,11 +50,25 @@ def report(accelerator, tally: Tally, plan: OutputPlan, out: str, inputs: int) -
         tell(plan, redact(out), written, done, unnamed_all, unreadable_all)
     if not written and not done:
         raise DataError(f"none of the {inputs} input file(s) could be read")
+    return result(tally, {"inputs": inputs, "written": written, "already_done": done, "unnamed": unnamed,
+                          "unreadable": unreadable, "processes": world})
+
+
+def report_whole(tally: Tally, plan: OutputPlan, out: str, inputs: int, processes: int) -> dict:
+    """`report` for a tally that already holds the whole job's inputs (Ray: the driver collects every outcome)."""
+    tell(plan, redact(out), len(tally.written), len(tally.done), sorted(tally.unnamed), sorted(tally.unreadable))
+    if not tally.written and not tally.done:
+        raise DataError(f"none of the {inputs} input file(s) could be read")
+    return result(tally, {"inputs": inputs, "written": len(tally.written), "already_done": len(tally.done),
+                          "unnamed": len(tally.unnamed), "unreadable": len(tally.unreadable), "processes": processes})
+
+
+def result(tally: Tally, totals: dict) -> dict:
+    """What `predict` returns: this process's lists and the job's totals."""
     return {"written": tally.written, "already_done": tally.done,
             "skipped": [(where, "its name holds no Cityscapes frame <city>_<seq>_<frame>") for where in tally.unnamed]
             + tally.unreadable,
-            "totals": {"inputs": inputs, "written": written, "already_done": done, "unnamed": unnamed,
-                       "unreadable": unreadable, "processes": world}}
+            "totals": totals}
 
 
 def tell(plan: OutputPlan, out: str, written: int, done: int, unnamed: list[str],
