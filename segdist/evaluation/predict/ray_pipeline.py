@@ -104,7 +104,7 @@ def replica_pool(replicas: int | None, cpus_per_replica: float) -> tuple[int, di
 
 
 def resources_text(resources: dict) -> str:
-    return ", ".join(f"{value:g} {key.removeprefix('num_').upper()}" for key, value in resources.items())
+    return ", ".join(f"{value:g} {key.removeprefix('num_').upper().removesuffix('S')}" for key, value in resources.items())
 
 
 def actor_pool(size: int):  # noqa: ANN201 - a ray.data.ActorPoolStrategy
