@@ -406,7 +406,7 @@ def _add_predict(sub: argparse._SubParsersAction, run: argparse.ArgumentParser, 
     ray.add_argument("--replicas", type=int, default=None,
                      help="with --ray: model replicas (default: one per GPU, or as many as the CPUs fit)")
     ray.add_argument("--cpus-per-replica", type=float, default=1,
-                     help="with --ray: CPUs (torch threads) per replica where there is no GPU (default 1)")
+                     help="with --ray: CPUs (and torch threads) per replica (default 1)")
     p.set_defaults(func=cmd_predict)
 
 

@@ -2,14 +2,16 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, shared_data
+from helpers import REPO, shared_data
 
 from segdist.evaluation.predict import predict
-from segdist.evaluation.predict.ray_pipeline import predict_on_ray
+from segdist.evaluation.predict.ray_pipeline import predict_on_ray, replica_pool
 
 OUTPUTS = "index,color,overlay,probs"
 
@@ -70,28 +72,31 @@ def test_ray_writes_the_files_of_the_plain_predict_and_a_rerun_writes_nothing(ti
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*")} == stamps  # nothing written
 
 
-@pytest.fixture
-def ray_reaching_moto(moto_server, ray_cluster):
-    """The session's Ray cluster, restarted if its workers' environment predates the moto server."""
-    import ray
-
-    from segdist.prepare.ray_cluster import init_ray
-
-    if ray.get(ray.remote(os.getenv).remote("AWS_ENDPOINT_URL")) != os.environ["AWS_ENDPOINT_URL"]:
-        ray.shutdown()
-        init_ray(2, None)
-
-
 @pytest.mark.slow
-def test_ray_predicts_into_s3_from_the_command_line(tiny_run, ray_reaching_moto, s3_bucket, frames, capsys):
+def test_the_command_starts_its_own_ray_and_writes_to_s3(tiny_run, moto_server, s3_bucket, frames, tmp_path):
     import boto3
 
-    os.remove(frames / "corrupt.jpg")
-    keep = sorted(frames.iterdir())[:2]
-    for extra in sorted(frames.iterdir())[2:]:
-        extra.unlink()
-    run_cli("predict", "--ray", "--replicas", "1", "--cpus-per-replica", "1", "--run", tiny_run,
-            "--input", frames, "--out", f"{s3_bucket}/preds", "--outputs", "index")
-    assert "wrote 2 prediction(s)" in capsys.readouterr().out
+    keep = sorted(frames.glob("0*.jpg"))[:2]
+    listing = tmp_path / "two.txt"
+    listing.write_text("".join(f"{f}\n" for f in keep))
+    # a process of its own: its local Ray cluster's workers inherit the moto server's AWS_* environment
+    done = subprocess.run([sys.executable, "-m", "segdist", "predict", "--ray", "--replicas", "1", "--run",
+                           str(tiny_run), "--input", f"@{listing}", "--out", f"{s3_bucket}/preds", "--outputs",
+                           "index"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "on 1 Ray replica(s) (1 CPU each)" in done.stdout and "wrote 2 prediction(s)" in done.stdout
     listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket.removeprefix("s3://"))
     assert sorted(o["Key"] for o in listed["Contents"]) == sorted(f"preds/index/{f.stem}.png" for f in keep)
+
+
+@pytest.mark.parametrize(("cluster", "replicas", "expected"), [
+    ({"CPU": 16.0, "GPU": 4.0}, None, (4, {"num_gpus": 1, "num_cpus": 2})),
+    ({"CPU": 16.0, "GPU": 4.0}, 2, (2, {"num_gpus": 1, "num_cpus": 2})),
+    ({"CPU": 16.0}, None, (7, {"num_cpus": 2})),  # one CPU left to the decode tasks
+    ({"CPU": 2.0}, None, (1, {"num_cpus": 2})),  # at least one
+])
+def test_a_replica_takes_a_gpu_where_there_are_gpus_else_cpus(monkeypatch, cluster, replicas, expected):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cluster)
+    assert replica_pool(replicas, 2) == expected
