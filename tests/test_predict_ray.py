@@ -71,6 +71,10 @@ def test_ray_writes_the_files_of_the_plain_predict_and_a_rerun_writes_nothing(ti
     assert again["totals"]["unreadable"] == 1
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*")} == stamps  # nothing written
 
+    (frames / "corrupt.jpg").unlink()  # every input done: counted from the file names alone, no Ray job at all
+    assert predict_on_ray(tiny_run, str(frames), tmp_path / "ray", outputs=OUTPUTS)["totals"] == {
+        "inputs": 6, "written": 0, "already_done": 6, "unnamed": 0, "unreadable": 0, "processes": 0}
+
 
 @pytest.mark.slow
 def test_the_command_starts_its_own_ray_and_writes_to_s3(tiny_run, moto_server, s3_bucket, frames, tmp_path):

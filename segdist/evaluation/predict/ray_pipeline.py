@@ -1,9 +1,10 @@
 """`segdist predict --ray`: the same predictions as a Ray Data pipeline, for clusters that run Ray rather than SLURM.
 
-    from_items(inputs) -> map(decode)                  CPU tasks: read, skip done inputs, decode and resize
-                       -> map_batches(Replica)         an actor pool, the run loaded once per actor: predict
-                                                       each image alone, write its files (Destination)
-                       -> iter_rows() on the driver    one outcome per input: written, done, unnamed, unreadable
+    files_to_do(inputs)            the driver: the file inputs already done are counted, never read
+    -> from_items -> map(decode)   CPU tasks: read, skip the samples already done, decode and resize
+    -> map_batches(Replica)        an actor pool, the run loaded once per actor: predict each image
+                                   alone, write its files (Destination)
+    -> iter_rows()                 the driver: one outcome per input (written, done, unnamed, unreadable)
 
 The stages reuse the plain predict's code (reading.InputImages.load, driver.predict_batch, the
 outputs and the destination), so the files are the same, byte for byte where the replicas compute
@@ -73,22 +74,37 @@ def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, 
     images = InputImages([], plan, existing, Reader.from_config(run.config.data), run.eval_size, run.resize_side,
                          max_pixels or run.config.data.max_pixels)
     options = {"mode": mode, "crop": crop, "stride": stride, "tta": tta}
+    todo, tally = files_to_do(items, images)
+    if not todo:  # a finished job's rerun: no cluster, no replica
+        return report_whole(tally, plan, str(out), len(items), 0)
     try:
         with ray_session(None, address):
             size, resources = replica_pool(replicas, cpus_per_replica)
-            print(f"predicting {len(items)} image(s) with {run.checkpoint} on {size} Ray replica(s) "
+            print(f"predicting {len(todo)} image(s) with {run.checkpoint} on {size} Ray replica(s) "
                   f"({resources_text(resources)} each), mode {mode}, TTA {tta}, "
                   f"precision {run.config.train.mixed_precision}", flush=True)
-            pipeline = decoded_rows(items, images).map_batches(
+            pipeline = decoded_rows(todo, images).map_batches(
                 Replica, batch_size=batch_size, batch_format="numpy", compute=actor_pool(size),
                 fn_constructor_kwargs={"run_dir": str(Path(run.dir).resolve()), "checkpoint": checkpoint,
                                        "plan": plan, "out": destination.out if destination.remote else
                                        str(Path(destination.url("")).resolve()), "options": options,
                                        "threads": max(1, int(cpus_per_replica))}, **resources)
-            tally = collected(pipeline.iter_rows())
+            collected(pipeline.iter_rows(), tally)
     finally:
         destination.close()
     return report_whole(tally, plan, str(out), len(items), size)
+
+
+def files_to_do(items: list[Input], images: InputImages) -> tuple[list[Input], Tally]:
+    """The inputs for the pipeline, and the tally of the file inputs counted here, unread: those whose files
+    are all in --out, or that the format cannot name. A split's samples go on: only their key names them."""
+    todo, tally = [], Tally()
+    for item in items:
+        if isinstance(item, FileInput) and not (loaded := images.to_write(item.where, item.name)).files:
+            tally.count(loaded)
+        else:
+            todo.append(item)
+    return todo, tally
 
 
 def replica_pool(replicas: int | None, cpus_per_replica: float) -> tuple[int, dict]:
@@ -183,9 +199,8 @@ def outcome_columns(tally: Tally) -> dict[str, list]:
     return {"where": [r[0] for r in rows], "outcome": [r[1] for r in rows], "reason": [r[2] for r in rows]}
 
 
-def collected(rows: Iterator[dict]) -> Tally:
-    """The job's tally from the outcome rows, each list sorted (the rows come in any order)."""
-    tally = Tally()
+def collected(rows: Iterator[dict], tally: Tally) -> None:
+    """Add the outcome rows to `tally`, then sort its lists (the rows come in any order)."""
     for row in rows:
         outcome, where = row["outcome"], str(row["where"])
         if outcome == "unreadable":
@@ -194,4 +209,3 @@ def collected(rows: Iterator[dict]) -> Tally:
             {"written": tally.written, "done": tally.done, "unnamed": tally.unnamed}[outcome].append(where)
     for found in (tally.written, tally.done, tally.unnamed, tally.unreadable):
         found.sort()
-    return tally
