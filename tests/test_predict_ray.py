@@ -1,4 +1,4 @@
-"""`segdist predict --ray`: a Ray Data pipeline that writes the files the plain predict writes, resumes and skips alike."""
+"""`segdist predict --ray`: a Ray Data pipeline writing the plain predict's files, resuming and skipping alike."""
 
 import os
 import shutil

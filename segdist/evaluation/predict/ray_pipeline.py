@@ -36,7 +36,7 @@ from segdist.evaluation.predict.outputs import OutputPlan
 from segdist.evaluation.predict.reading import InputImages, Loaded
 from segdist.evaluation.predict.summary import Tally, report_whole
 from segdist.models.inference import NO_TTA, TTA, check_mode
-from segdist.runs.run import load_run
+from segdist.runs.run import Run, load_run
 
 # A decode task mostly waits on its read (a disk, S3) or runs OpenCV without the GIL: two share a core. Resources
 # unlike a replica's also keep decoding a stage of its own: Ray Data fuses a task stage into the actor stage after
@@ -85,10 +85,7 @@ def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, 
                   f"precision {run.config.train.mixed_precision}", flush=True)
             pipeline = decoded_rows(todo, images).map_batches(
                 Replica, batch_size=batch_size, batch_format="numpy", compute=actor_pool(size),
-                fn_constructor_kwargs={"run_dir": str(Path(run.dir).resolve()), "checkpoint": checkpoint,
-                                       "plan": plan, "out": destination.out if destination.remote else
-                                       str(Path(destination.url("")).resolve()), "options": options,
-                                       "threads": max(1, int(cpus_per_replica))}, **resources)
+                fn_constructor_kwargs=replica_kwargs(run, plan, destination, options, cpus_per_replica), **resources)
             collected(pipeline.iter_rows(), tally)
     finally:
         destination.close()
@@ -119,8 +116,18 @@ def replica_pool(replicas: int | None, cpus_per_replica: float) -> tuple[int, di
     return replicas or max(1, int((cpus - 1) // cpus_per_replica)), {"num_cpus": cpus_per_replica}
 
 
+def replica_kwargs(run: Run, plan: OutputPlan, destination: Destination, options: dict, cpus: float) -> dict:
+    """What each Replica is made from: the checkpoint the driver chose and --out, as absolute paths (a worker
+    may start elsewhere), and its torch threads."""
+    out = destination.out if destination.remote else str(Path(destination.url("")).resolve())
+    return {"run_dir": str(Path(run.dir).resolve()), "checkpoint": str(Path(run.checkpoint).parent.resolve()),
+            "plan": plan, "out": out, "options": options, "threads": max(1, int(cpus))}
+
+
 def resources_text(resources: dict) -> str:
-    return ", ".join(f"{value:g} {key.removeprefix('num_').upper().removesuffix('S')}" for key, value in resources.items())
+    """{"num_gpus": 1, "num_cpus": 2} -> "1 GPU, 2 CPU"."""
+    return ", ".join(f"{amount:g} {key.removeprefix('num_').removesuffix('s').upper()}"
+                     for key, amount in resources.items())
 
 
 def actor_pool(size: int):  # noqa: ANN201 - a ray.data.ActorPoolStrategy
