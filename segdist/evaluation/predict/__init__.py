@@ -10,6 +10,7 @@
     tile_outputs.py --tile's files as rows finish: a PNG row by row, above PIL's limit a tiled BigTIFF
     driver.py       one process's loop: read in batches, predict each image, write, agree once per batch
     summary.py      the counts over all processes, told once
+    ray_pipeline.py `--ray`: the same files from a Ray Data pipeline (decode tasks, an actor pool of replicas)
 
 One process, or N under `accelerate launch` (gloo on CPUs, NCCL on GPUs): the main process lists
 the inputs once, sorted (a split: in manifest order), and rank r predicts items r, r+N, r+2N, ...
