@@ -77,6 +77,16 @@ def test_ray_writes_the_files_of_the_plain_predict_and_a_rerun_writes_nothing(ti
 
 
 @pytest.mark.slow
+def test_ray_predicts_a_prepared_split_as_the_plain_predict(tiny_run, ray_cluster, tmp_path):
+    shards = tiny_run.parents[1] / "shards"  # val: 5 + 5 + 3 samples, each read by its byte range
+    plain = one_thread_predict(tiny_run, None, tmp_path / "plain", shards=str(shards), split="val",
+                               outputs="index", workers=0)
+    done = predict_on_ray(tiny_run, None, tmp_path / "ray", shards=str(shards), split="val", outputs="index")
+    assert done["totals"]["written"] == plain["totals"]["written"] == 13
+    assert files_of(tmp_path / "ray") == files_of(tmp_path / "plain")
+
+
+@pytest.mark.slow
 def test_the_command_starts_its_own_ray_and_writes_to_s3(tiny_run, moto_server, s3_bucket, frames, tmp_path):
     import boto3
 

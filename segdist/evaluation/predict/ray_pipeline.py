@@ -155,9 +155,12 @@ def decode(row: dict, images: InputImages) -> dict:
 
 
 def input_of(row: dict) -> Input:
-    """The FileInput or SampleInput a row was made from (dataclasses.asdict)."""
-    kind = FileInput if "url" in row else SampleInput
-    return kind(**{f.name: row[f.name] for f in dataclasses.fields(kind)})
+    """The FileInput or SampleInput a row was made from (dataclasses.asdict), with Python types again."""
+    if "url" in row:
+        return FileInput(str(row["url"]), str(row["name"]))
+    end = row["end"]  # None: to the shard's end (a null of the column; NaN where it passes through pandas)
+    return SampleInput(str(row["shard"]), int(row["index"]), int(row["start"]),
+                       None if end is None or end != end else int(end), bool(row["exact"]))
 
 
 def loaded_of(row: dict, plan: OutputPlan) -> Loaded:
