@@ -140,15 +140,14 @@ def decoded_rows(items: list[Input], images: InputImages):  # noqa: ANN201 - a r
     """The inputs as a dataset, read and decoded by CPU tasks."""
     import ray.data
 
-    rows = [{"order": i, **dataclasses.asdict(item)} for i, item in enumerate(items)]
-    return ray.data.from_items(rows).map(decode, fn_kwargs={"images": images}, num_cpus=DECODE_CPUS)
+    return ray.data.from_items([dataclasses.asdict(item) for item in items]).map(decode, fn_kwargs={"images": images}, num_cpus=DECODE_CPUS)
 
 
 def decode(row: dict, images: InputImages) -> dict:
     """A decode task: one input row -> its Loaded as a row (the pixels as arrays, the files still to write)."""
     loaded = images.load(input_of(row))
     # "" for None: a column of strings and None can come back as NaN (through pandas)
-    return {"order": row["order"], "where": loaded.where, "name": loaded.name or "", "files": ",".join(loaded.files),
+    return {"where": loaded.where, "name": loaded.name or "", "files": ",".join(loaded.files),
             "unnamed": loaded.unnamed, "error": loaded.error or "",
             "rgb": NO_RGB if loaded.rgb is None else loaded.rgb,
             "image": NO_IMAGE if loaded.image is None else loaded.image.numpy()}
