@@ -140,7 +140,8 @@ def decoded_rows(items: list[Input], images: InputImages):  # noqa: ANN201 - a r
     """The inputs as a dataset, read and decoded by CPU tasks."""
     import ray.data
 
-    return ray.data.from_items([dataclasses.asdict(item) for item in items]).map(decode, fn_kwargs={"images": images}, num_cpus=DECODE_CPUS)
+    rows = ray.data.from_items([dataclasses.asdict(item) for item in items])
+    return rows.map(decode, fn_kwargs={"images": images}, num_cpus=DECODE_CPUS)
 
 
 def decode(row: dict, images: InputImages) -> dict:
