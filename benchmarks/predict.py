@@ -78,7 +78,7 @@ def plain_loop(run_dir: Path, frames: list[Path], out: Path) -> None:
     out.mkdir(parents=True)
     with torch.inference_mode():
         for frame in frames:
-            rgb = np.asarray(Image.open(frame).convert("RGB"))
+            rgb = np.array(Image.open(frame).convert("RGB"))
             x = normalize(torch.from_numpy(rgb).permute(2, 0, 1)[None])
             h, w = x.shape[2:]
             x = torch.nn.functional.pad(x, (0, -w % 32, 0, -h % 32))
