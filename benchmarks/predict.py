@@ -120,19 +120,9 @@ def stages(run_dir: Path, listing: Path, out: str) -> dict[str, float]:
 def moto_prefix() -> tuple[object, str]:
     """moto's S3 server (as the tests run it) and a bucket prefix on it."""
     sys.path.insert(0, str(REPO / "tests"))
-    import socket
+    from servers import moto_for_benchmark
 
-    import boto3
-    from servers import MotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = MotoServer(port).start()
-    os.environ.update({"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
-    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket="bench")
-    return server, "s3://bench/preds"
+    return moto_for_benchmark("bench"), "s3://bench/preds"
 
 
 def has_ray_predict() -> bool:

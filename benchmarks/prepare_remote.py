@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # moto's server as the tests run it
 
-from servers import MotoServer  # noqa: E402
+from servers import moto_for_benchmark  # noqa: E402
 
 BUCKET = "bench"
 
@@ -87,19 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.driver is not None:
         return driver(json.loads(args.driver))
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = MotoServer(port).start()
-    os.environ.update({"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
-    os.environ.pop("AWS_PROFILE", None)
+    server = moto_for_benchmark(BUCKET)
     try:
-        import boto3
-
-        boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=BUCKET)
         with tempfile.TemporaryDirectory(prefix="prepare-remote-") as work:
             rows = [measure(Path(work), int(n), args) for n in args.sizes.split(",")]
     finally:

@@ -14,6 +14,7 @@ what a client really did. Bodies are held in memory: it is a test server, for fi
 from __future__ import annotations
 
 import base64
+import os
 import http.client
 import re
 import socket
@@ -328,3 +329,18 @@ class MotoServer:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+def moto_for_benchmark(bucket: str) -> MotoServer:
+    """moto's S3 server on a free port, the AWS_* environment of this process pointed at it, `bucket` created."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = MotoServer(port).start()
+    os.environ.update({"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    os.environ.pop("AWS_PROFILE", None)
+    boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=bucket)
+    return server
