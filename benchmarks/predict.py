@@ -8,7 +8,7 @@ predicts every frame and writes its class-id PNG; the rows are interleaved over 
                     (the hand-written script segdist replaces), torch's default threads
     segdist 1 proc  `segdist predict --outputs index` (DataLoader workers read ahead)
     segdist 2 proc  the same under `accelerate launch` with 2 CPU processes (1 thread each)
-    segdist --ray   the Ray Data pipeline (local Ray, one replica per CPU), where available
+    segdist --ray   the Ray Data pipeline (a local Ray started by the command)
 
 Then where segdist's time goes: the same predict in-process with no loader workers under
 cProfile, its cumulative time split into decode (read + decode + resize), model, encode and
@@ -125,11 +125,6 @@ def moto_prefix() -> tuple[object, str]:
     return moto_for_benchmark("bench"), "s3://bench/preds"
 
 
-def has_ray_predict() -> bool:
-    result = subprocess.run([*SEGDIST, "predict", "--help"], capture_output=True, text=True, cwd=REPO)
-    return "--ray" in result.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=101)
@@ -155,9 +150,8 @@ def main() -> None:
                 segdist_predict(run_dir, listing, work / f"one{i}"))
             rows.setdefault("segdist predict, 2 processes", []).append(
                 segdist_predict(run_dir, listing, work / f"two{i}", launch=two))
-            if has_ray_predict():
-                rows.setdefault("segdist predict --ray", []).append(
-                    segdist_predict(run_dir, listing, work / f"ray{i}", extra=("--ray",)))
+            rows.setdefault("segdist predict --ray", []).append(
+                segdist_predict(run_dir, listing, work / f"ray{i}", extra=("--ray",)))
         local = stages(run_dir, listing, str(work / "stages"))
         server, prefix = moto_prefix()
         try:
