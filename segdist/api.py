@@ -196,7 +196,7 @@ def evaluate(run_dir: str | Path, *, split: str | None = None, checkpoint: str =
         run_dir: a run directory written by `segdist train`.
         split: the split to score (default: the run's data.val_split).
         checkpoint: "best", "last" or a checkpoint path.
-        tta: None, "flip" or "scales=0.5,1.0,1.5[,flip]".
+        tta: "none", "flip" or "scales=0.5,1.0,1.5[,flip]"; None: the run's model.tta.
         **options: shards (another dataset directory or URL), mode ("whole"/"slide"), crop, stride,
             batch_size, workers, tensorboard, output_format ("segdist"/"cityscapes"), results_dir,
             max_pixels (default: the run's data.max_pixels).
@@ -211,4 +211,5 @@ def evaluate(run_dir: str | Path, *, split: str | None = None, checkpoint: str =
     from segdist.evaluation.evaluate import evaluate as run_evaluation
     from segdist.models.inference import parse_tta
 
-    return run_evaluation(run_dir, split=split, checkpoint=checkpoint, tta=parse_tta(tta), **options)
+    return run_evaluation(run_dir, split=split, checkpoint=checkpoint, tta=None if tta is None else parse_tta(tta),
+                          **options)

@@ -132,13 +132,13 @@ def _tta(text: str):  # noqa: ANN202
 
 
 def _inference_options(args: argparse.Namespace) -> dict:
-    from segdist.models.inference import NO_TTA, check_mode
+    from segdist.models.inference import check_mode
 
     try:
         check_mode(args.mode, args.crop, args.stride)
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    return {"mode": args.mode, "crop": args.crop, "stride": args.stride, "tta": args.tta or NO_TTA}
+    return {"mode": args.mode, "crop": args.crop, "stride": args.stride, "tta": args.tta}  # None: the run's model.tta
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -339,7 +339,8 @@ def _inference_parser() -> argparse.ArgumentParser:
     infer.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide window size")
     infer.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=None, help="slide window step")
     infer.add_argument("--tta", type=_tta, default=None,
-                       help="flip, or scales=0.5,0.75,1.0,1.25,1.5[,flip]: softmax averaged over the views")
+                       help="none, flip, or scales=0.5,0.75,1.0,1.25,1.5[,flip]: softmax averaged over the views "
+                            "(default: the run's model.tta)")
     infer.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the run's data.workers)")
     infer.add_argument("--max-pixels", type=_max_pixels, default=None,
                        help="skip (and name) images larger than this, read from the header before decoding "

@@ -350,3 +350,21 @@ def test_a_broken_pax_record_is_a_truncated_shard_not_an_error_that_stops_the_ra
     skips = Skips()
     found = read_range(ShardRange(str(shard), 0, 2, 0, len(data)), skips, Reader())
     assert [s["__key__"] for s in found] in ([], ["a"]) and skips["truncated_shard"] == 1
+
+
+def test_resize_stages_scale_each_micro_batch_by_the_optimizer_step_it_belongs_to(dataset):
+    """data.resize_schedule: steps 0-1 at half scale (a 40x48 image becomes 20x24, padded to the 32x32 crop with
+    ignored pixels), steps 2-3 at full scale (no padding); with 2 micro-batches a step, and from any start."""
+    cfg = _cfg(workers=1, scale_range=[1.0, 1.0], hflip=0.0)
+    plan = train_plan(cfg, dataset, 1)
+    stages = [[0, 0.5], [2, 1.0]]
+
+    def ignored_shares(start: int, end: int, accumulate: int = 1) -> list[float]:
+        shaped = train_plan(cfg, dataset, 1, accumulate=accumulate) if accumulate > 1 else plan
+        with train_loader(cfg, dataset, shaped, rank=0, start=start, end=end, stages=stages) as loader:
+            return [round(float((labels == dataset.ignore_index).float().mean()), 2) for _, labels, _ in loader]
+
+    padded = round(1 - 20 * 24 / 32**2, 2)
+    assert ignored_shares(0, 4) == [padded, padded, 0.0, 0.0]
+    assert ignored_shares(3, 4) == [0.0]  # a resumed loader: the stage follows the step, not the loader's start
+    assert ignored_shares(0, 6, accumulate=2) == [padded] * 4 + [0.0] * 2

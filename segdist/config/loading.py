@@ -21,6 +21,7 @@ from segdist.config.schema import (
     SCHEDULERS,
     TRACKERS,
     Config,
+    DataConfig,
     parse_duration,
 )
 from segdist.errors import ConfigError
@@ -118,7 +119,7 @@ def validate(cfg: Config) -> None:
     choice(cfg.optim.name, OPTIMIZERS, "optim.name")
     choice(cfg.optim.scheduler, SCHEDULERS, "optim.scheduler")
     if cfg.train.mixed_precision is not None:
-        choice(cfg.train.mixed_precision, PRECISIONS, "train.mixed_precision")
+        choice(cfg.train.mixed_precision, (*PRECISIONS, "auto"), "train.mixed_precision")
     choice(cfg.data.resize_side, RESIZE_SIDES, "data.resize_side")
     validate_fine_tuning(cfg)
     choice(cfg.data.normalize, NORMALIZE, "data.normalize")
@@ -148,6 +149,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.shuffle_window must be at least 0")
     if cfg.optim.accumulate < 1:
         raise ConfigError("optim.accumulate must be at least 1")
+    validate_augmentation(cfg.data)
+
+
+def validate_augmentation(data: DataConfig) -> None:
+    """The crop redraw ratio and the progressive-resizing stages."""
+    if data.cat_max_ratio is not None and not 0.0 < data.cat_max_ratio <= 1.0:
+        raise ConfigError(f"data.cat_max_ratio {data.cat_max_ratio} must be in (0, 1], e.g. 0.75")
+    schedule = data.resize_schedule
+    if schedule is None:
+        return
+    example = "e.g. [[0.5, 0.7], [1.0, 0.3]]"
+    if not schedule or not all(isinstance(stage, list) and len(stage) == 2 for stage in schedule):
+        raise ConfigError(f"data.resize_schedule {schedule} must list [scale, share] stages, {example}")
+    if any(scale <= 0 or share <= 0 for scale, share in schedule) or abs(sum(s for _, s in schedule) - 1) > 1e-6:
+        raise ConfigError(f"data.resize_schedule {schedule}: scales and shares must be above 0 and the shares "
+                          f"add up to 1, {example}")
 
 
 def validate_fine_tuning(cfg: Config) -> None:

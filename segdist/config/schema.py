@@ -31,12 +31,16 @@ class DataConfig:
     base_size: int | None = None  # resize the long (resize_side) side to this before scaling (None: keep)
     resize_side: str = "long"  # the side base_size and val_size set: "long", or "short" (torchvision's references)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    resize_schedule: list[list[float]] | None = None  # progressive resizing: [[scale, share of the steps], ...],
+    # e.g. [[0.5, 0.7], [1.0, 0.3]]: the scale multiplies scale_range in its share of the run (data/stages.py)
     hflip: float = 0.5
     vflip: float = 0.0
     rotate: float = 0.0  # max degrees
     color_jitter: float = 0.0  # probability
     rgb_shift: float = 0.0  # probability
     blur: float = 0.0  # probability
+    photometric: bool = False  # MMSegmentation's PhotoMetricDistortion (brightness, contrast, saturation, hue)
+    cat_max_ratio: float | None = None  # redraw a crop (up to 10 times) while one class covers this share (mmseg 0.75)
     normalize: str = "dataset"  # "dataset" (dataset.json mean/std) or "imagenet"
     val_size: int | None = None  # resize the long (resize_side) side for validation; scored at full label size
     batch_size: int = 8  # per process
@@ -72,6 +76,7 @@ class ModelConfig:
     init_from: str | None = None  # a run directory, checkpoint directory or weights file: a new run starts from it
     freeze_encoder: bool | int | float = False  # true: the whole run; N: the first N steps; 0.1: the first 10%
     aux_head: float = 0.0  # the weight of an auxiliary FCN head's loss (MMSeg 0.4, torchvision 0.5); 0: none
+    tta: str = "none"  # evaluate and predict's test-time augmentation unless --tta is given: flip, scales=...[,flip]
 
 
 @dataclass
@@ -111,7 +116,8 @@ class TrainConfig:
     runs_dir: str = "runs"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    mixed_precision: str | None = None  # null: the launcher's (`accelerate launch --mixed_precision`), else "no"
+    mixed_precision: str | None = None  # null: the launcher's (`accelerate launch --mixed_precision`), else "no";
+    # "auto": the faster of fp32 and bf16, timed on the job (training.precision)
     seed: int = 0
     val_every: int = 1  # epochs
     checkpoint_every: int = 0  # optimizer steps; 0 = at the end of each epoch only

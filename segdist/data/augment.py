@@ -59,19 +59,21 @@ def decode(sample: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarr
     return image, label
 
 
-def train_transform(cfg: DataConfig, ignore_index: int) -> A.Compose:
+def train_transform(cfg: DataConfig, ignore_index: int, scale: float = 1.0) -> A.Compose:
     """Random scale + crop, flips, rotation, colour and blur (albumentations), on uint8 images.
+
+    `scale` multiplies `data.scale_range` (a stage of `data.resize_schedule`).
 
     Normalisation happens after the batch reaches the device (`Normalizer`): workers ship uint8
     images and labels, 5x fewer bytes between processes than float32/int64 tensors.
     """
     h, w = cfg.crop_size
-    lo, hi = cfg.scale_range
+    lo, hi = (scale * s for s in cfg.scale_range)
     steps: list = [resize(cfg.base_size, cfg.resize_side)] if cfg.base_size else []
     steps += [
         A.RandomScale(scale_limit=(lo - 1, hi - 1), p=1.0),
         A.PadIfNeeded(h, w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
-        A.RandomCrop(h, w),
+        CatMaxRatioCrop(h, w, cfg.cat_max_ratio, ignore_index) if cfg.cat_max_ratio else A.RandomCrop(h, w),
         A.HorizontalFlip(p=cfg.hflip),
         A.VerticalFlip(p=cfg.vflip),
     ]
@@ -80,11 +82,42 @@ def train_transform(cfg: DataConfig, ignore_index: int) -> A.Compose:
                               p=0.5))
     if cfg.color_jitter:
         steps.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=cfg.color_jitter))
+    if cfg.photometric:
+        steps += photometric_distortion()
     if cfg.rgb_shift:
         steps.append(A.RGBShift(r_shift_limit=25, g_shift_limit=25, b_shift_limit=25, p=cfg.rgb_shift))
     if cfg.blur:
         steps.append(A.Blur(blur_limit=(3, 3), p=cfg.blur))
     return A.Compose(steps)
+
+
+def photometric_distortion() -> list[A.BasicTransform]:
+    """MMSegmentation's PhotoMetricDistortion set, each with p 0.5: brightness +-32, contrast and saturation
+    x0.5-1.5, hue +-18 of OpenCV's 180 (a tenth of the circle)."""
+    return [A.RandomBrightnessContrast(brightness_limit=32 / 255, contrast_limit=0, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=0.5, p=0.5),
+            A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=0.5),
+            A.ColorJitter(brightness=0, contrast=0, saturation=0, hue=0.1, p=0.5)]
+
+
+class CatMaxRatioCrop(A.RandomCrop):
+    """MMSegmentation's RandomCrop with `cat_max_ratio`: up to `tries` crops are drawn, the first in which no class
+    covers `ratio` or more of the labelled pixels is kept (else the last), so fewer crops are all road or sky."""
+
+    def __init__(self, height: int, width: int, ratio: float, ignore_index: int, tries: int = 10):
+        super().__init__(height, width)
+        self.ratio, self.ignore_index, self.tries = ratio, ignore_index, tries
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        for _ in range(self.tries):
+            drawn = super().get_params_dependent_on_data(params, data)
+            x_min, y_min, x_max, y_max = drawn["crop_coords"]
+            crop = data["mask"][y_min:y_max, x_min:x_max]
+            counts = np.bincount(crop[crop != self.ignore_index].ravel())
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() < self.ratio * counts.sum():
+                break
+        return drawn
 
 
 def resize(size: int, side: str = "long") -> A.BasicTransform:

@@ -17,7 +17,7 @@ readable sample becomes one with every label ignored (loss 0), so every rank run
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from segdist.data.augment import CORRUPT_REASONS, CorruptSample, augment, decode
 from segdist.data.info import DatasetInfo
 from segdist.data.plan import TrainPlan
 from segdist.data.sample_reader import Fetch, SampleReader
+from segdist.data.stages import scale_at
 from segdist.data.tar_reader import Reader
 from segdist.data.workers import Loader, worker_slot
 from segdist.utils import faults
@@ -43,8 +44,9 @@ class TrainBatches(IterableDataset):
     """Micro-batches [start, end) of process `rank`: (uint8 images, labels, what the batch read)."""
 
     def __init__(self, plan: TrainPlan, cfg: DataConfig, ignore_index: int, *, rank: int, start: int, end: int,
-                 expected: Mapping[str, Digest] | None = None):
+                 expected: Mapping[str, Digest] | None = None, stages: Sequence[Sequence[float]] | None = None):
         self.plan, self.cfg, self.ignore_index = plan, cfg, ignore_index
+        self.stages = stages or [[0, 1.0]]  # data.resize_schedule's (data/stages.py)
         plan.order_key  # hashed here, once, not in every loader worker (it names the node's shared orders)
         self.rank, self.start, self.end = rank, start, end
         self.reader = Reader.from_config(cfg, expected)
@@ -56,7 +58,7 @@ class TrainBatches(IterableDataset):
         worker, workers = worker_slot()
         mine = range(self.start + worker, self.end, workers)  # this worker's micro-batches, round robin
         reader = SampleReader(self.plan.index, self.reader)
-        transform = train_transform(self.cfg, self.ignore_index)
+        transforms = {scale: train_transform(self.cfg, self.ignore_index, scale) for _, scale in self.stages}
         read_any, unread = False, {}
         try:
             fetch = self._fetch(reader, mine[0]) if mine else None
@@ -65,6 +67,7 @@ class TrainBatches(IterableDataset):
                 fetch = self._fetch(reader, mine[n + 1]) if n + 1 < len(mine) else None  # read ahead
                 faults.at_step(batch)
                 faults.hit("loader")
+                transform = transforms[scale_at(self.stages, batch // self.plan.shape.accumulate)]
                 images, labels, info = self._assemble(batch, current, transform)
                 read_any = read_any or info["decoded"] > 0
                 unread.update(info["unavailable"])
@@ -127,10 +130,12 @@ class TrainBatches(IterableDataset):
 
 
 def train_loader(cfg: DataConfig, info: DatasetInfo, plan: TrainPlan, *, rank: int, start: int = 0,
-                 end: int | None = None) -> Loader:
-    """Micro-batches start..end-1 of process `rank` (default: one epoch from `start`)."""
+                 end: int | None = None, stages: Sequence[Sequence[float]] | None = None) -> Loader:
+    """Micro-batches start..end-1 of process `rank` (default: one epoch from `start`); `stages`: the run's
+    resize stages (data/stages.py; default: one at scale 1)."""
     end = start + plan.batches_per_epoch if end is None else end
-    batches = TrainBatches(plan, cfg, info.ignore_index, rank=rank, start=start, end=end, expected=info.digests())
+    batches = TrainBatches(plan, cfg, info.ignore_index, rank=rank, start=start, end=end, expected=info.digests(),
+                           stages=stages)
     return Loader(batches, batch_size=None, num_workers=cfg.workers, persistent_workers=False,
                   generator=torch.Generator())  # leaves the global RNG (saved in checkpoints) untouched
 

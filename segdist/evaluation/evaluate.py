@@ -26,18 +26,19 @@ from segdist.evaluation.cityscapes_results import ResultWriter, check_cityscapes
 from segdist.evaluation.metrics import SegmentationMetrics, format_table, metrics_from_confusion
 from segdist.evaluation.report import NAN_NOTE, log_to_tensorboard, with_class_accuracy, write_outputs
 from segdist.evaluation.scoring import Scored, score
-from segdist.models.inference import NO_TTA, TTA, check_mode
+from segdist.models.inference import TTA, check_mode
 from segdist.runs.run import Run, load_run, run_shards
 from segdist.utils.secrets import redact
 
 
 def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None = None,
              shards: str | Path | None = None, mode: str = "whole", crop: Sequence[int] | None = None,
-             stride: Sequence[int] | None = None, tta: TTA = NO_TTA, batch_size: int | None = None,
+             stride: Sequence[int] | None = None, tta: TTA | None = None, batch_size: int | None = None,
              workers: int | None = None, tensorboard: bool = False, output_format: str = "segdist",
              results_dir: str | Path | None = None, max_pixels: int | None = None) -> dict:
     """Evaluate `run_dir`'s checkpoint on `split` of `shards` (default: the run's val split and shards).
 
+    `tta` None: the run's `model.tta`.
     Returns the report written to metrics.json (on every process; only the main one writes it).
     `output_format="cityscapes"` also writes the predictions as Cityscapes labelIds PNGs into `results_dir`.
     Samples over `max_pixels` (default: the run's data.max_pixels) are counted as unreadable, never decoded.
@@ -54,6 +55,7 @@ def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None
     split = split or run.config.data.val_split
     info = dataset_of(run, shards)
     writer = result_writer(info, split, results_dir) if output_format == "cityscapes" else None
+    tta = run.tta(tta)
     options = {"mode": mode, "crop": crop, "stride": stride, "tta": tta}
     batch_size = batch_size or run.config.data.val_batch_size
     metrics = SegmentationMetrics(run.num_classes, run.ignore_index).to(accelerator.device)

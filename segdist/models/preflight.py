@@ -10,6 +10,7 @@ from segdist.config import Config
 from segdist.config.loading import choice
 from segdist.errors import ConfigError
 from segdist.models.factory import check_model
+from segdist.models.inference import parse_tta
 from segdist.models.losses import LOSSES
 from segdist.models.options import ARCHS, ModelOptionError
 
@@ -18,6 +19,10 @@ def check_config(cfg: Config) -> Config:
     """Raise ConfigError where `cfg`'s model or loss cannot train; returns `cfg` unchanged."""
     choice(cfg.model.arch, ARCHS, "model.arch")
     choice(cfg.loss.name, LOSSES, "loss.name")
+    try:
+        parse_tta(cfg.model.tta)
+    except ValueError as exc:
+        raise ConfigError(f"model.tta: {exc}") from None
     m = cfg.model
     try:  # a dry run at the training batch shape, on PyTorch's meta device (no memory, no weights)
         check_model(m.arch, m.encoder, output_stride=m.output_stride, encoder_kwargs=m.encoder_kwargs,

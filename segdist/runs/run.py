@@ -57,6 +57,10 @@ class Run(DatasetInfo):
         """The side `eval_size` sets: "long" or "short" (`data.resize_side`)."""
         return self.config.data.resize_side
 
+    def tta(self, asked: TTA | None = None) -> TTA:
+        """The test-time augmentation to use: `asked` (--tta), else the run's `model.tta`."""
+        return asked if asked is not None else parse_tta(self.config.model.tta)
+
     def model_on(self, device: torch.device) -> torch.nn.Module:
         """The model on `device`, channels-last where the run's `model.channels_last` says so for that device."""
         channels_last = use_channels_last(self.config.model.channels_last, device, self.config.train.mixed_precision)
@@ -99,7 +103,7 @@ class Run(DatasetInfo):
             image: an RGB uint8 HxWx3 array, or the path of an image file (read on its stored pixel
                 grid: EXIF orientation is not applied, as in training).
             mode: "whole" (default) or "slide" (with `crop` and `stride`, each [H, W]).
-            tta: None, "flip", "scales=0.5,1.0,1.5[,flip]" or a `TTA`.
+            tta: "none", "flip", "scales=0.5,1.0,1.5[,flip]" or a `TTA`; None: the run's `model.tta`.
             device: where to run (default: CUDA when there is one, else the CPU).
             max_pixels: a larger image file is refused from its header (default: the run's data.max_pixels).
 
@@ -112,7 +116,7 @@ class Run(DatasetInfo):
             >>> classes.shape, run.classes[classes[0, 0]]
         """
         rgb = read_rgb(image, max_pixels or self.config.data.max_pixels)
-        tta = parse_tta(tta) if isinstance(tta, str) or tta is None else tta
+        tta = self.tta(parse_tta(tta) if isinstance(tta, str) else tta)
         check_mode(mode, crop, stride)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return self.classify([eval_input(rgb, self.eval_size, self.resize_side)], [rgb.shape[:2]], device, mode=mode,

@@ -27,6 +27,8 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,7 @@ from segdist.errors import DataError
 from segdist.evaluation.metrics import SegmentationMetrics
 from segdist.evaluation.scoring import score
 from segdist.runs import checkpoints
+from segdist.training import precision
 from segdist.utils import faults
 from segdist.utils.viz import write_overlays
 
@@ -106,10 +109,57 @@ def steps_that_fit(seconds: float, costs: Costs, *, per_epoch_updates: float, va
 
 
 def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a train.session.Session
-    """Measure a step, a validation and a checkpoint on this job, leaving its weights and RNG untouched."""
-    accelerator, cfg = s.accelerator, s.cfg
-    saved = (copy.deepcopy(accelerator.unwrap_model(s.model).state_dict()), copy.deepcopy(s.optimizer.state_dict()),
+    """Measure a step, a validation and a checkpoint on this job, leaving its weights and RNG untouched.
+
+    With `train.mixed_precision: auto` the step is timed in each candidate precision and the faster chosen.
+    """
+    accelerator = s.accelerator
+    folder = s.run_dir / ".calibrate.tmp"  # overlays and a checkpoint written for their time only
+    with untouched(s):
+        step = _step_seconds(s, steps, warmup)
+        checkpoint = _checkpoint_cost(s, folder)  # before the restore: with the optimizer's moments, as in training
+    validation = _validation_cost(s, folder)
+    if accelerator.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+    world = accelerator.num_processes
+    return Costs(*(v / world for v in agree(accelerator, step, validation, checkpoint)))
+
+
+def choose_precision(s, steps: int = 6, warmup: int = 2) -> None:  # noqa: ANN001 - a train.session.Session
+    """`train.mixed_precision: auto` without a budget's calibration: time the candidates alone, use the faster."""
+    with untouched(s):
+        _step_seconds(s, steps, warmup)
+
+
+@contextmanager
+def untouched(s) -> Iterator[None]:  # noqa: ANN001 - a train.session.Session
+    """Whatever steps run inside, the model's weights, the optimizer's state and the RNGs are put back after."""
+    model = s.accelerator.unwrap_model(s.model)
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(s.optimizer.state_dict()),
              torch.get_rng_state(), np.random.get_state(), random.getstate())
+    yield
+    weights, optimizer_state, torch_rng, numpy_rng, python_rng = saved
+    model.load_state_dict(weights)
+    s.optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(torch_rng), np.random.set_state(numpy_rng), random.setstate(python_rng)
+
+
+def _step_seconds(s, steps: int, warmup: int) -> float:  # noqa: ANN001
+    """This rank's seconds per optimizer step; under `auto` the ranks' mean in the precision it chose."""
+    if s.cfg.train.mixed_precision != precision.AUTO:
+        return _timed_steps(s, steps, warmup)
+    seconds = precision.choose(s, lambda name: _timed_steps(s, steps, warmup, name))
+    return seconds[s.cfg.train.mixed_precision]
+
+
+def _timed_steps(s, steps: int, warmup: int, autocast: str | None = None) -> float:  # noqa: ANN001
+    """Seconds per optimizer step over `steps` steps after `warmup`, on batches the run will not train on.
+
+    `autocast`: the session's forward runs in this precision meanwhile (training.precision's candidates).
+    """
+    accelerator, cfg = s.accelerator, s.cfg
+    kept = s.autocast_precision
+    s.autocast_precision = autocast or kept
     batches = (steps + warmup) * cfg.optim.accumulate
     plan = dataclasses.replace(s.plan, seed=s.plan.seed + 7919, origin=Origin(), _orders={})  # not the run's samples
     loader = train_loader(cfg.data, s.info, plan, rank=accelerator.process_index, start=0, end=batches)
@@ -119,25 +169,15 @@ def calibrate(s, steps: int = 6, warmup: int = 2) -> Costs:  # noqa: ANN001 - a 
                 agree(accelerator, 0.0)  # all ranks start the clock together
                 start = time.perf_counter()
             with accelerator.accumulate(s.model):
-                logits = s.model(s.normalize(images.to(accelerator.device)))
+                logits = s.forward(s.normalize(images.to(accelerator.device)))
                 loss = s.criterion(logits, labels.to(accelerator.device).long())
                 accelerator.backward(loss)
             if accelerator.sync_gradients:
                 agree(accelerator, loss.detach())  # what the real loop syncs per update
                 s.optimizer.step()
                 s.optimizer.zero_grad(set_to_none=True)
-    step = (time.perf_counter() - start) / steps
-    folder = s.run_dir / ".calibrate.tmp"  # overlays and a checkpoint written for their time only
-    checkpoint = _checkpoint_cost(s, folder)  # before the restore: with the optimizer's moments, as in training
-    model, optimizer_state, torch_rng, numpy_rng, python_rng = saved
-    accelerator.unwrap_model(s.model).load_state_dict(model)
-    s.optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(torch_rng), np.random.set_state(numpy_rng), random.setstate(python_rng)
-    validation = _validation_cost(s, folder)
-    if accelerator.is_main_process:
-        shutil.rmtree(folder, ignore_errors=True)
-    world = accelerator.num_processes
-    return Costs(*(v / world for v in agree(accelerator, step, validation, checkpoint)))
+    s.autocast_precision = kept
+    return (time.perf_counter() - start) / steps
 
 
 def _validation_cost(s, folder, batches: int = 3) -> float:  # noqa: ANN001
@@ -188,12 +228,17 @@ def fitting_steps(s, seconds: float, costs: Costs, done: int = 0) -> int:  # noq
 def planned_steps(s) -> int:  # noqa: ANN001 - a train.session.Session
     """train.max_steps, else the count a budget chose (kept in the checkpoints), else epochs x steps per epoch."""
     cfg = s.cfg
+    saved = json.loads((s.resume_from / checkpoints.STATE_FILE).read_text()) if s.resume_from is not None else None
+    calibrating = cfg.train.budget and not cfg.train.max_steps and saved is None  # plan_steps chooses the precision
+    if cfg.train.mixed_precision == precision.AUTO and not calibrating:
+        if saved is not None and saved.get("precision"):
+            precision.use(s, saved["precision"])  # a resumed run goes on in the precision it chose
+        else:
+            choose_precision(s)
     if cfg.train.max_steps:
         return cfg.train.max_steps
     if cfg.train.budget:
-        if s.resume_from is not None:
-            return json.loads((s.resume_from / checkpoints.STATE_FILE).read_text())["max_steps"]
-        return plan_steps(s)
+        return saved["max_steps"] if saved is not None else plan_steps(s)
     return cfg.train.epochs * s.per_epoch // cfg.optim.accumulate
 
 

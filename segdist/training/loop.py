@@ -49,7 +49,8 @@ def main(cfg: Config, resume: str | None = None, overwrite: bool = False, resume
     stop = "done"
     # a budget check may raise the step count: the stream reaches that far (its order does not depend on its end)
     end = s.total_batches * (MAX_GROWTH if s.budget_check else 1)
-    loader = train_loader(cfg.data, s.info, s.plan, rank=s.accelerator.process_index, start=s.state["batch"], end=end)
+    loader = train_loader(cfg.data, s.info, s.plan, rank=s.accelerator.process_index, start=s.state["batch"], end=end,
+                          stages=s.state.get("resize_stages"))
     s.prefetcher = node_prefetcher(s.plan, Reader.from_config(cfg.data, s.info.digests()),
                                    s.accelerator.process_index, s.accelerator.local_process_index, s.state["update"])
     bar = tqdm(total=s.total_batches, initial=s.state["batch"], disable=not s.main, desc="train", dynamic_ncols=True)
@@ -134,7 +135,7 @@ def forward_backward(s: Session, images: torch.Tensor, labels: torch.Tensor) -> 
         faults.at_step(s.state["update"] + 1)
         faults.hit("sigusr1")
         faults.pause("slow_step", faults.SLOW_STEP_S)
-        loss = faults.loss_value(s.criterion(s.model(images), labels))
+        loss = faults.loss_value(s.criterion(s.forward(images), labels))
         accelerator.backward(loss)
     return loss.detach()
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from segdist.config import Config, save_config
+from segdist.data import stages
 from segdist.data.augment import Normalizer
 from segdist.data.info import DatasetInfo, load_dataset_info, normalization
 from segdist.data.plan import TrainPlan, carried_end, saved_plan
@@ -27,7 +28,7 @@ from segdist.errors import CheckpointError, ConfigError, DataError
 from segdist.runs import checkpoints
 from segdist.runs.ema import make_ema
 from segdist.runs.init_from import init_from
-from segdist.training import freeze, trackers
+from segdist.training import freeze, precision, trackers
 from segdist.training.budget import Check, StepClock
 from segdist.training.logbook import Interval, truncate_log
 from segdist.training.optim import build_criterion, build_optimizer, build_scheduler, refit_schedule
@@ -84,6 +85,18 @@ class Session:
     resume_inexact: bool = False  # --resume-inexact: go on when the checkpoint's RNG states cannot be restored
     asked: dict = field(default_factory=dict)  # the configured batch_size and accumulate (before a resume fits them)
     prefetcher: Any = None  # the node's shard prefetcher (data/prefetch.py) on a node's first process
+    autocast_precision: str = "no"  # train.mixed_precision auto's choice: autocast here (the accelerator runs fp32)
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """The model's training forward; in `autocast_precision` (logits back in fp32) when `auto` chose one."""
+        if self.autocast_precision == "no":
+            return self.model(images)  # the accelerator autocasts in the precision it was made with
+        from accelerate.utils import convert_to_fp32
+
+        from segdist.models.inference import autocast
+
+        with autocast(self.accelerator.device, self.autocast_precision):
+            return convert_to_fp32(self.model(images))
 
     @property
     def per_epoch(self) -> int:
@@ -128,11 +141,14 @@ def setup(cfg: Config, resume: str | None, started: float | None = None, overwri
     resume_from = checkpoints.find_resume(run_dir, resume)
     asked = {"batch": cfg.data.batch_size, "accumulate": cfg.optim.accumulate}
     plan = training_plan(cfg, info, resume_from)  # before anything is written: a resume it cannot continue stops here
-    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, accumulate=cfg.optim.accumulate,
+    auto = cfg.train.mixed_precision == precision.AUTO  # chosen by timing (training.precision), autocast here
+    accelerator = make_accelerator(mixed_precision="no" if auto else cfg.train.mixed_precision,
+                                   accumulate=cfg.optim.accumulate,
                                    timeout_s=cfg.train.collective_timeout,
                                    trackers=trackers.trackers_for(cfg, run_dir), project_dir=run_dir,
                                    unused_parameters=freeze.frozen_for_a_while(cfg.model.freeze_encoder))
-    cfg.train.mixed_precision = accelerator.mixed_precision  # in effect (the launcher's or the recipe's): recorded
+    if not auto:
+        cfg.train.mixed_precision = accelerator.mixed_precision  # in effect (the launcher's or the recipe's): recorded
     if accelerator.num_processes != plan.shape.processes:
         raise DataError(f"the launcher set WORLD_SIZE={plan.shape.processes} but the process group has "
                         f"{accelerator.num_processes} processes")
@@ -206,6 +222,9 @@ def start(s: Session, steps: int) -> None:
     cfg, accelerator = s.cfg, s.accelerator
     s.state["max_steps"] = s.state["planned_steps"] = cfg.train.max_steps = steps
     s.state["unfreeze_at"] = freeze.unfreeze_step(cfg.model.freeze_encoder, steps)
+    s.state["precision"] = cfg.train.mixed_precision  # in effect: what a resumed `auto` run goes on in
+    if cfg.data.resize_schedule:  # fixed now, in steps, and restored by a resume (data/stages.py)
+        s.state["resize_stages"] = stages.plan_stages(cfg.data.resize_schedule, steps)
     s.state["order"], s.state["shape"], s.state["asked"] = s.plan.state(), vars(s.plan.shape).copy(), s.asked
     s.total_batches = steps * cfg.optim.accumulate
     s.scheduler = build_scheduler(cfg.optim, s.optimizer, steps)
@@ -214,6 +233,8 @@ def start(s: Session, steps: int) -> None:
     if s.resume_from is not None:
         restore(s, s.resume_from)
         refit_schedule(s.scheduler, cfg.optim, s.state["planned_steps"], s.state["replans"])
+    if s.state.get("resize_stages"):
+        s.say(f"data.resize_schedule: {stages.describe(s.state['resize_stages'], steps)}")
     if s.main:  # the resolved config, with the step count a budget chose: a checkpoint alone reproduces the run
         save_config(cfg, s.run_dir / "config.yaml")
         trackers.start(accelerator, cfg, s.run_dir)

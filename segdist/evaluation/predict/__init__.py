@@ -44,7 +44,7 @@ from segdist.evaluation.predict.outputs import DEFAULT_OUTPUTS, OUTPUTS, PROBS_D
 from segdist.evaluation.predict.ranks import from_main
 from segdist.evaluation.predict.summary import report
 from segdist.evaluation.predict.tiles import TILE_OUTPUTS, check_tiles
-from segdist.models.inference import NO_TTA, TTA, check_mode
+from segdist.models.inference import TTA, check_mode
 from segdist.runs.run import load_run
 
 __all__ = ["predict", "find_images", "IMAGE_SUFFIXES", "OUTPUTS", "DEFAULT_OUTPUTS", "PROBS_DTYPES"]
@@ -52,7 +52,7 @@ __all__ = ["predict", "find_images", "IMAGE_SUFFIXES", "OUTPUTS", "DEFAULT_OUTPU
 
 def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str = "best",
             mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-            tta: TTA = NO_TTA, batch_size: int = 4, workers: int | None = None, output_format: str = "segdist",
+            tta: TTA | None = None, batch_size: int = 4, workers: int | None = None, output_format: str = "segdist",
             max_pixels: int | None = None, outputs: Sequence[str] | str | None = None, probs_dtype: str = "uint8",
             overwrite: bool = False, shards: str | None = None, split: str | None = None,
             tile: Sequence[int] | None = None, overlap: int = 0) -> dict:
@@ -74,12 +74,13 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
     if tile is not None and outputs is None and output_format == "segdist":
         outputs = TILE_OUTPUTS  # the default with --tile: overlay and probs cannot be bounded
     plan = OutputPlan.of(output_format, outputs, probs_dtype)
+    run = load_run(run_dir, checkpoint)
+    tta = run.tta(tta)
     if tile is not None:
         check_tiles(tile, overlap, mode, tta, plan)
     elif overlap:
         raise DataError("--overlap belongs to --tile H W")
     destination = Destination(out, plan.folders)
-    run = load_run(run_dir, checkpoint)
     if output_format == "cityscapes":
         check_cityscapes_dataset(run.manifest, run.dir / "dataset.json")
     accelerator = make_accelerator(timeout_s=run.config.train.collective_timeout)

@@ -35,7 +35,7 @@ from segdist.evaluation.predict.inputs import FileInput, Input, SampleInput
 from segdist.evaluation.predict.outputs import OutputPlan
 from segdist.evaluation.predict.reading import InputImages, Loaded
 from segdist.evaluation.predict.summary import Tally, report_whole
-from segdist.models.inference import NO_TTA, TTA, check_mode
+from segdist.models.inference import TTA, check_mode
 from segdist.runs.run import Run, load_run
 
 # A decode task mostly waits on its read (a disk, S3) or runs OpenCV without the GIL: two share a core. Resources
@@ -49,7 +49,7 @@ NO_RGB, NO_IMAGE = np.zeros((0, 0, 3), np.uint8), np.zeros((3, 0, 0), np.uint8)
 
 def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str = "best",
                    mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-                   tta: TTA = NO_TTA, batch_size: int = 4, output_format: str = "segdist",
+                   tta: TTA | None = None, batch_size: int = 4, output_format: str = "segdist",
                    max_pixels: int | None = None, outputs: Sequence[str] | str | None = None,
                    probs_dtype: str = "uint8", overwrite: bool = False, shards: str | None = None,
                    split: str | None = None, address: str | None = None, replicas: int | None = None,
@@ -66,6 +66,7 @@ def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, 
     plan = OutputPlan.of(output_format, outputs, probs_dtype)
     destination = Destination(out, plan.folders)
     run = load_run(run_dir, checkpoint)
+    tta = run.tta(tta)
     if output_format == "cityscapes":
         check_cityscapes_dataset(run.manifest, run.dir / "dataset.json")
     items = listed(inputs, shards, split, output_format)
