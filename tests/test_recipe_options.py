@@ -2,6 +2,7 @@
 (`data.resize_schedule`) kept across a resume, and `model.tta` as evaluate's default."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -61,10 +62,11 @@ def test_an_auto_budget_run_chooses_in_calibration_keeps_choice_and_stages_on_re
     out = run_train(shards, tmp_path, *common, "train.budget=45s")
     assert out.count(AUTO_LINE) == 1 and out.index(AUTO_LINE) < out.index("budget 45s"), out[-3000:]
     config = yaml.safe_load((tmp_path / "auto/config.yaml").read_text())
-    chosen, steps = config["train"]["mixed_precision"], config["train"]["max_steps"]
+    chosen, steps = config["train"]["mixed_precision"], config["train"]["max_steps"]  # after the budget's checks
     assert chosen in ("no", "bf16") and f"-> {chosen}" in out
-    half = round(steps / 2)
-    assert f"data.resize_schedule: scale 0.5 for steps 1-{half}, scale 1 for steps {half + 1}-{steps}" in out
+    planned = int(re.search(r"-> (\d+) optimizer steps \(", out).group(1))  # the calibration's plan fixes the stages
+    half = round(planned / 2)
+    assert f"data.resize_schedule: scale 0.5 for steps 1-{half}, scale 1 for steps {half + 1}-{planned}" in out
 
     out = run_train(shards, tmp_path, *common, f"train.max_steps={steps + 2}", resume=True)
     assert AUTO_LINE not in out and "resumed from" in out  # the checkpoint's precision, not a new timing
