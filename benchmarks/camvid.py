@@ -20,6 +20,8 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,18 +40,31 @@ def prepare(out: Path) -> None:
 def run_segdist(recipe: Path, shards: Path, runs: Path, minutes: float, tta: str, name: str = "recipe",
                 overrides: tuple[str, ...] = (), port: int | None = None) -> dict:
     """Train `recipe` for `minutes` on 2 CPU processes (a new run: an earlier one of `name` is replaced), score it."""
+    summary = train_for(recipe, shards, runs, name, minutes, overrides, port)
+    scored = score_last(runs / name, tta)
+    return {"miou": scored["miou"], "per_class_iou": scored["per_class_iou"], "steps": summary["steps"],
+            "minutes": summary["elapsed_s"] / 60, "best_val_miou_during_training": summary["best_miou"]}
+
+
+def train_for(recipe: Path, shards: Path, runs: Path, name: str, minutes: float, overrides: Sequence[str] = (),
+              port: int | None = None) -> dict:
+    """Train a new run `name` of `recipe` with `overrides` for a `minutes` budget on 2 CPU processes; its summary."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
               *(["--main_process_port", str(port)] if port else [])]
     subprocess.run([*launch, "-m", "segdist", "train", "--config", str(recipe), f"data.shards={shards}",
                     f"train.runs_dir={runs}", f"train.name={name}", f"train.budget={minutes}m", *overrides,
                     "--overwrite"], check=True, cwd=REPO)
-    summary = json.loads((runs / name / "summary.json").read_text())
-    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(runs / name), "--checkpoint",
-                    "last", *(["--tta", tta] if tta != "none" else [])], check=True, cwd=REPO)
-    metrics = json.loads((runs / name / "eval/val/metrics.json").read_text())
+    return json.loads((runs / name / "summary.json").read_text())
+
+
+def score_last(run: Path, tta: str) -> dict:
+    """`segdist evaluate` of the run's last checkpoint on its val split with `tta`: mIoU, per class, seconds."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(run), "--checkpoint", "last",
+                    "--tta", tta], check=True, cwd=REPO)
+    metrics = json.loads((run / "eval/val/metrics.json").read_text())
     return {"miou": metrics["miou"], "per_class_iou": [metrics["per_class"][c]["iou"] for c in CLASSES],
-            "steps": summary["steps"], "minutes": summary["elapsed_s"] / 60,
-            "best_val_miou_during_training": summary["best_miou"]}
+            "seconds": time.perf_counter() - start, "images": metrics["samples"]}
 
 
 def run_plain(minutes: float, work: Path) -> dict:

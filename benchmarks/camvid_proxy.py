@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from camvid import CAMVID, CLASSES, REPO
+from camvid import CAMVID, CLASSES, REPO, score_last, train_for
 
 HELD_OUT = "0006R0"  # the sequence the proxy validates on
 SPLITS = ("proxy", "old", "full")
@@ -71,26 +71,6 @@ def prepare(split: str, work: Path) -> Path:
     return out
 
 
-def train(recipe: Path, shards: Path, runs: Path, name: str, minutes: float, overrides: list[str]) -> dict:
-    """Train a new run `name` for `minutes` on 2 CPU processes; its summary."""
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(REPO / "launch/cpu-2proc.yaml"), "-m", "segdist", "train", "--config", str(recipe),
-                    f"data.shards={shards}", f"train.runs_dir={runs}", f"train.name={name}",
-                    f"train.budget={minutes}m", *overrides, "--overwrite"], check=True, cwd=REPO)
-    return json.loads((runs / name / "summary.json").read_text())
-
-
-def evaluate(run: Path, tta: str) -> dict:
-    """Score the run's last checkpoint on its val split with `tta`; mIoU, per class, seconds per image."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "segdist", "evaluate", "--run", str(run), "--checkpoint", "last",
-                    *(["--tta", tta] if tta != "none" else [])], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    seconds = time.perf_counter() - start
-    metrics = json.loads((run / "eval/val/metrics.json").read_text())
-    return {"miou": metrics["miou"], "per_class_iou": [metrics["per_class"][c]["iou"] for c in CLASSES],
-            "seconds": seconds, "images": metrics.get("samples", 101)}
-
-
 def cpu_name() -> str:
     found = re.search(r"Model name:\s*(.*)", subprocess.run(["lscpu"], capture_output=True, text=True).stdout)
     return found.group(1).strip() if found else "unknown"
@@ -119,12 +99,12 @@ def main() -> None:
     results = json.loads(saved.read_text()) if saved.exists() else {}
     if args.name:
         shards = prepare(args.split, args.work)
-        summary = train(args.recipe, shards, args.work / "runs", args.name, args.minutes, args.overrides)
+        summary = train_for(args.recipe, shards, args.work / "runs", args.name, args.minutes, args.overrides)
         run = args.work / "runs" / args.name
         results[args.name] = {"split": args.split, "overrides": args.overrides, "cpu": cpu_name(),
                               "steps": summary["steps"], "minutes": summary["elapsed_s"] / 60,
                               "budget_minutes": args.minutes, "finished": time.strftime("%Y-%m-%d %H:%M"),
-                              "scores": {tta: evaluate(run, tta) for tta in args.tta or ["flip"]}}
+                              "scores": {tta: score_last(run, tta) for tta in args.tta or ["flip"]}}
         saved.write_text(json.dumps(results, indent=1))
     print_table(results)
 

@@ -77,3 +77,16 @@ def test_an_auto_budget_run_chooses_in_calibration_keeps_choice_and_stages_on_re
     for asked, used in ((), "flip"), (("--tta", "none"), "none"):
         run_cli("evaluate", "--run", tmp_path / "auto", "--checkpoint", "last", *asked)
         assert json.loads((tmp_path / "auto/eval/val/metrics.json").read_text())["tta"] == used
+
+
+def test_a_bad_model_tta_in_a_runs_config_is_refused_naming_the_file(tmp_path):
+    from pathlib import Path
+
+    from segdist.errors import ConfigError
+    from segdist.models.inference import TTA
+    from segdist.runs.run import Run
+
+    run = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(tta="scales=x")), dir=Path(tmp_path))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/config.yaml: model.tta: TTA 'scales=x'"):
+        Run.tta(run)
+    assert Run.tta(run, TTA(flip=True)) == TTA(flip=True)  # --tta wins without reading model.tta

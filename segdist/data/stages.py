@@ -32,5 +32,6 @@ def scale_at(stages: Sequence[Sequence[float]], update: int) -> float:
 
 
 def describe(stages: Sequence[Sequence[float]], steps: int) -> str:
+    """'scale 0.5 for steps 1-700, scale 1 for steps 701-1000': the stages of a run of `steps` steps, 1-based."""
     ends = [int(first) for first, _ in stages[1:]] + [steps]
     return ", ".join(f"scale {scale:g} for steps {int(first) + 1}-{end}" for (first, scale), end in zip(stages, ends))

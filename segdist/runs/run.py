@@ -59,7 +59,12 @@ class Run(DatasetInfo):
 
     def tta(self, asked: TTA | None = None) -> TTA:
         """The test-time augmentation to use: `asked` (--tta), else the run's `model.tta`."""
-        return asked if asked is not None else parse_tta(self.config.model.tta)
+        if asked is not None:
+            return asked
+        try:
+            return parse_tta(self.config.model.tta)
+        except ValueError as exc:
+            raise ConfigError(f"{self.dir / 'config.yaml'}: model.tta: {exc}") from None
 
     def model_on(self, device: torch.device) -> torch.nn.Module:
         """The model on `device`, channels-last where the run's `model.channels_last` says so for that device."""

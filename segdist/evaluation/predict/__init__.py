@@ -61,6 +61,7 @@ def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpo
     `out` is a folder or an s3:// prefix; `outputs` any of index, color, overlay, probs (default the
     first three; see outputs.py for the files and how to read probs/<stem>.npz). Inputs already done
     in `out` are skipped unless `overwrite`. Under `accelerate launch` every process predicts its share.
+    `tta` None: the run's `model.tta`.
 
     `tile=(H, W), overlap=P` predicts each image window row by window row with the windows of
     `mode="slide", crop=(H, W), stride=(H-P, W-P)` at the stored resolution, holding one window row of
