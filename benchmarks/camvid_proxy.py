@@ -17,6 +17,7 @@ go into WORK/proxy_results.json under the run's name, and the table of every run
 
     python benchmarks/camvid_proxy.py --work DIR --name NAME [--split proxy] [--minutes 20]
         [--tta flip --tta scales=0.75,1.0,1.25,1.5,flip] [OVERRIDE ...]
+    python benchmarks/camvid_proxy.py --work DIR --split full --prepare   # shards only: DIR/shards-full
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="shards, runs and results are kept here")
     parser.add_argument("--name", help="the run's name (a new run; omit to print the table only)")
+    parser.add_argument("--prepare", action="store_true", help="only prepare the split's shards (WORK/shards-SPLIT)")
     parser.add_argument("--split", choices=SPLITS, default="proxy")
     parser.add_argument("--minutes", type=float, default=20)
     parser.add_argument("--recipe", type=Path, default=REPO / "configs/camvid-cpu-50m.yaml")
@@ -97,6 +99,9 @@ def main() -> None:
     args = parser.parse_args()
     saved = args.work / "proxy_results.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
+    if args.prepare:
+        print(prepare(args.split, args.work))
+        return
     if args.name:
         shards = prepare(args.split, args.work)
         summary = train_for(args.recipe, shards, args.work / "runs", args.name, args.minutes, args.overrides)

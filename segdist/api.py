@@ -167,12 +167,13 @@ def resolved_config(config: str | Path | Config | None, overrides: Sequence[str]
     return cfg
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
+def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Run:
     """A trained run, ready to predict: its config, classes, palette and model restored from a checkpoint.
 
     Args:
         run_dir: a run directory written by `segdist train` (runs/NAME).
-        checkpoint: "best" (default), "last" (the newest step checkpoint) or a checkpoint path.
+        checkpoint: "best", "last" (the newest step checkpoint) or a checkpoint path; None: the run's
+            `model.checkpoint` ("best" unless its recipe says "last").
 
     Returns:
         A `segdist.runs.run.Run`: `.predict(image)` gives the HxW class map of an RGB array or an
@@ -188,14 +189,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     return load(run_dir, checkpoint)
 
 
-def evaluate(run_dir: str | Path, *, split: str | None = None, checkpoint: str = "best", tta: str | None = None,
+def evaluate(run_dir: str | Path, *, split: str | None = None, checkpoint: str | None = None, tta: str | None = None,
              **options: Any) -> dict:
     """Exact dataset-level metrics of a run's checkpoint on a split, as `segdist evaluate` writes them.
 
     Args:
         run_dir: a run directory written by `segdist train`.
         split: the split to score (default: the run's data.val_split).
-        checkpoint: "best", "last" or a checkpoint path.
+        checkpoint: "best", "last" or a checkpoint path; None: the run's `model.checkpoint`.
         tta: "none", "flip" or "scales=0.5,1.0,1.5[,flip]"; None: the run's model.tta.
         **options: shards (another dataset directory or URL), mode ("whole"/"slide"), crop, stride,
             batch_size, workers, tensorboard, output_format ("segdist"/"cityscapes"), results_dir,

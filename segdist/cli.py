@@ -327,7 +327,8 @@ def _run_options() -> argparse.ArgumentParser:
     """--run and --checkpoint, shared by evaluate, predict and export."""
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--run", required=True, help="run directory written by `segdist train`, e.g. runs/NAME")
-    run.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint directory/file")
+    run.add_argument("--checkpoint", help="best, last, or a checkpoint directory/file (default: the run's "
+                     "model.checkpoint, best unless the recipe says last)")
     return run
 
 

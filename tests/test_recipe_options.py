@@ -1,5 +1,5 @@
 """Issue 31's recipe options: `train.mixed_precision: auto` (fp32 or bf16, timed on the job), progressive resizing
-(`data.resize_schedule`) kept across a resume, and `model.tta` as evaluate's default."""
+(`data.resize_schedule`) kept across a resume, and `model.tta` / `model.checkpoint` as evaluate's defaults."""
 
 import json
 import re
@@ -58,7 +58,7 @@ def test_the_sessions_bf16_forward_autocasts_and_returns_fp32_logits():
 def test_an_auto_budget_run_chooses_in_calibration_keeps_choice_and_stages_on_resume_and_evaluates_with_its_tta(
         shards, tmp_path):
     common = ["train.name=auto", "train.mixed_precision=auto", "data.workers=0", "train.checkpoint_every=2",
-              "model.tta=flip", "data.resize_schedule=[[0.5,0.5],[1.0,0.5]]"]
+              "model.tta=flip", "model.checkpoint=last", "data.resize_schedule=[[0.5,0.5],[1.0,0.5]]"]
     out = run_train(shards, tmp_path, *common, "train.budget=45s")
     assert out.count(AUTO_LINE) == 1 and out.index(AUTO_LINE) < out.index("budget 45s"), out[-3000:]
     config = yaml.safe_load((tmp_path / "auto/config.yaml").read_text())
@@ -74,9 +74,23 @@ def test_an_auto_budget_run_chooses_in_calibration_keeps_choice_and_stages_on_re
     state = json.loads(next((tmp_path / "auto/checkpoints").glob(f"*{steps + 2}/segdist_state.json")).read_text())
     assert state["precision"] == chosen and state["resize_stages"] == [[0, 0.5], [half, 1.0]]
     assert yaml.safe_load((tmp_path / "auto/config.yaml").read_text())["train"]["mixed_precision"] == chosen
+    assert (tmp_path / "auto/checkpoints/best").exists()
     for asked, used in ((), "flip"), (("--tta", "none"), "none"):
-        run_cli("evaluate", "--run", tmp_path / "auto", "--checkpoint", "last", *asked)
-        assert json.loads((tmp_path / "auto/eval/val/metrics.json").read_text())["tta"] == used
+        run_cli("evaluate", "--run", tmp_path / "auto", *asked)
+        metrics = json.loads((tmp_path / "auto/eval/val/metrics.json").read_text())
+        assert metrics["tta"] == used and metrics["checkpoint_step"] == steps + 2  # model.checkpoint: last, not best
+        assert f"step_{steps + 2:08d}" in metrics["checkpoint"]
+
+
+def test_model_checkpoint_is_best_or_last():
+    from segdist.config import Config
+    from segdist.errors import ConfigError
+    from segdist.models.preflight import check_config
+
+    cfg = Config()
+    cfg.model.checkpoint = "newest"
+    with pytest.raises(ConfigError, match="model.checkpoint 'newest' is not valid; choose one of best, last"):
+        check_config(cfg)
 
 
 def test_a_bad_model_tta_in_a_runs_config_is_refused_naming_the_file(tmp_path):

@@ -76,6 +76,7 @@ class ModelConfig:
     init_from: str | None = None  # a run directory, checkpoint directory or weights file: a new run starts from it
     freeze_encoder: bool | int | float = False  # true: the whole run; N: the first N steps; 0.1: the first 10%
     aux_head: float = 0.0  # the weight of an auxiliary FCN head's loss (MMSeg 0.4, torchvision 0.5); 0: none
+    checkpoint: str = "best"  # evaluate, predict and export's checkpoint unless --checkpoint is given: best or last
     tta: str = "none"  # evaluate and predict's test-time augmentation unless --tta is given: flip, scales=...[,flip]
 
 

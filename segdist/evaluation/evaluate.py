@@ -31,7 +31,7 @@ from segdist.runs.run import Run, load_run, run_shards
 from segdist.utils.secrets import redact
 
 
-def evaluate(run_dir: str | Path, *, checkpoint: str = "best", split: str | None = None,
+def evaluate(run_dir: str | Path, *, checkpoint: str | None = None, split: str | None = None,
              shards: str | Path | None = None, mode: str = "whole", crop: Sequence[int] | None = None,
              stride: Sequence[int] | None = None, tta: TTA | None = None, batch_size: int | None = None,
              workers: int | None = None, tensorboard: bool = False, output_format: str = "segdist",

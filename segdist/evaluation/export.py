@@ -45,7 +45,7 @@ class ExportModel(nn.Module):
         return self.model(x)[:, :, :h, :w]
 
 
-def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, checkpoint: str = "best",
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, checkpoint: str | None = None,
            tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Export, check and write the model; returns {"path", "max_abs_diff" (None if unchecked), ...}."""
     if fmt not in FORMATS:

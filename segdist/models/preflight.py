@@ -19,6 +19,7 @@ def check_config(cfg: Config) -> Config:
     """Raise ConfigError where `cfg`'s model or loss cannot train; returns `cfg` unchanged."""
     choice(cfg.model.arch, ARCHS, "model.arch")
     choice(cfg.loss.name, LOSSES, "loss.name")
+    choice(cfg.model.checkpoint, ("best", "last"), "model.checkpoint")
     try:
         parse_tta(cfg.model.tta)
     except ValueError as exc:

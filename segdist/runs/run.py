@@ -144,8 +144,9 @@ def read_rgb(image: np.ndarray | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
     return rgb
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
-    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path).
+def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Run:
+    """Load `run_dir`'s config and manifest and restore the model from `checkpoint` (best, last or a path;
+    None: the run's `model.checkpoint`).
 
     With `train.ema_decay` set, the model holds the checkpoint's moving average of the weights.
     """
@@ -154,7 +155,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> Run:
     # the precision inference runs in: `accelerate launch --mixed_precision`'s where given, else the run's
     config.train.mixed_precision = inference_precision(config.train.mixed_precision)
     manifest = check_names(json.loads((run_dir / "dataset.json").read_text()), run_dir / "dataset.json")
-    path = checkpoints.resolve(run_dir, checkpoint)
+    path = checkpoints.resolve(run_dir, checkpoint or config.model.checkpoint)
     weights = checkpoints.weights_file(path, ema=config.train.ema_decay is not None)
     # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
     model = build_from_config(config.model, len(manifest["classes"]), pretrained=False)

@@ -50,7 +50,7 @@ from segdist.runs.run import load_run
 __all__ = ["predict", "find_images", "IMAGE_SUFFIXES", "OUTPUTS", "DEFAULT_OUTPUTS", "PROBS_DTYPES"]
 
 
-def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str = "best",
+def predict(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str | None = None,
             mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
             tta: TTA | None = None, batch_size: int = 4, workers: int | None = None, output_format: str = "segdist",
             max_pixels: int | None = None, outputs: Sequence[str] | str | None = None, probs_dtype: str = "uint8",

@@ -47,7 +47,7 @@ DECODE_CPUS = 0.5
 NO_RGB, NO_IMAGE = np.zeros((0, 0, 3), np.uint8), np.zeros((3, 0, 0), np.uint8)
 
 
-def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str = "best",
+def predict_on_ray(run_dir: str | Path, inputs: str | None, out: str | Path, *, checkpoint: str | None = None,
                    mode: str = "whole", crop: Sequence[int] | None = None, stride: Sequence[int] | None = None,
                    tta: TTA | None = None, batch_size: int = 4, output_format: str = "segdist",
                    max_pixels: int | None = None, outputs: Sequence[str] | str | None = None,
