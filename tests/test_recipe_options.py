@@ -93,6 +93,17 @@ def test_model_checkpoint_is_best_or_last():
         check_config(cfg)
 
 
+def test_a_runs_model_checkpoint_is_never_taken_as_a_path(tmp_path):
+    from segdist.errors import ConfigError
+    from segdist.runs.run import recipe_checkpoint
+
+    config = SimpleNamespace(model=SimpleNamespace(checkpoint="/elsewhere/model.safetensors"))
+    with pytest.raises(ConfigError, match=f"{tmp_path}/config.yaml: model.checkpoint '/elsewhere/model.safetensors'"):
+        recipe_checkpoint(tmp_path, config)
+    config.model.checkpoint = "last"
+    assert recipe_checkpoint(tmp_path, config) == "last"
+
+
 def test_a_bad_model_tta_in_a_runs_config_is_refused_naming_the_file(tmp_path):
     from pathlib import Path
 

@@ -155,7 +155,7 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Run:
     # the precision inference runs in: `accelerate launch --mixed_precision`'s where given, else the run's
     config.train.mixed_precision = inference_precision(config.train.mixed_precision)
     manifest = check_names(json.loads((run_dir / "dataset.json").read_text()), run_dir / "dataset.json")
-    path = checkpoints.resolve(run_dir, checkpoint or config.model.checkpoint)
+    path = checkpoints.resolve(run_dir, checkpoint or recipe_checkpoint(run_dir, config))
     weights = checkpoints.weights_file(path, ema=config.train.ema_decay is not None)
     # the checkpoint replaces every weight, so no pretrained encoder (a hub download or a file) is needed
     model = build_from_config(config.model, len(manifest["classes"]), pretrained=False)
@@ -163,6 +163,14 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None) -> Run:
     remove_aux_head(model)  # a training aid: evaluate, predict and export see the plain model
     state = json.loads((path / checkpoints.STATE_FILE).read_text()) if (path / checkpoints.STATE_FILE).is_file() else {}
     return Run(run_dir, manifest, config, weights, state.get("update"), model.eval())
+
+
+def recipe_checkpoint(run_dir: Path, config: Config) -> str:
+    """The run's `model.checkpoint`: best or last only, never a path read from a run directory."""
+    if config.model.checkpoint not in ("best", "last"):
+        raise ConfigError(f"{run_dir / 'config.yaml'}: model.checkpoint '{config.model.checkpoint}' is not valid; "
+                          "choose one of best, last")
+    return config.model.checkpoint
 
 
 def run_config(run_dir: Path) -> Config:
