@@ -1,9 +1,11 @@
 """Fine-tuning: init_from (run, checkpoint, safetensors, nested .pth), freezing, per-part LRs, the LR floor."""
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 from helpers import launcher, run_cli, run_train, synthetic_shards, train_log
 from safetensors.torch import load_file, save_file
 
@@ -76,6 +78,25 @@ def test_init_from_a_checkpoint_directory_a_safetensors_file_and_an_mmseg_style_
         assert any(k.startswith("segmentation_head") for k in report.reinitialised), source
 
 
+def test_init_from_a_run_takes_the_checkpoint_its_config_names(source_run, tmp_path):
+    """A run whose model.checkpoint is `last` gives its last step, as `segdist evaluate --run` does."""
+    run = tmp_path / "run"
+    shutil.copytree(source_run, run)
+    best = run / "checkpoints/best/ema.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in load_file(best).items()}, best)  # best now differs from last
+    cfg, model = three_class_model(run)
+    init_from(model, run, cfg.model.arch, cfg.model.encoder)
+    assert all(not v.any() for k, v in encoder_tensors(model.state_dict()).items() if "weight" in k)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["checkpoint"] = "last"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    _, model = three_class_model(run)
+    report = init_from(model, run, cfg.model.arch, cfg.model.encoder)
+    last = load_file(run / "checkpoints/step_00000003/ema.safetensors")
+    assert_encoder_from(model, {k.removeprefix("module."): v for k, v in last.items()})
+    assert "step_00000003" in report.weights
+
+
 def test_init_from_refuses_another_architecture_or_encoder_naming_both(source_run, tmp_path):
     cfg, _ = three_class_model(source_run)
     with pytest.raises(DataError, match=r"holds unet over encoder test_resnet, this run builds fpn over encoder"):
@@ -121,7 +142,8 @@ def test_layer_decay_orders_a_cnn_encoder_inside_smps_feature_extractor_by_depth
     lr = {n: g["lr"] for g in optimizer.param_groups for n, p in model.named_parameters()
           if any(p is q for q in g["params"])}
     stem, last = lr["encoder.model.stem_0.weight"], lr["encoder.model.stages_3.blocks.1.conv_dw.weight"]
-    assert stem < lr["encoder.model.stages_1.blocks.0.conv_dw.weight"] < last == 1.0 == lr["decoder.blocks.0.conv1.0.weight"]
+    middle = lr["encoder.model.stages_1.blocks.0.conv_dw.weight"]
+    assert stem < middle < last == 1.0 == lr["decoder.blocks.0.conv1.0.weight"]
 
 
 def test_every_group_decays_to_min_lr_as_mmseg_poly_does():

@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from segdist.config import ConfigError, load_config
+from segdist.config import Config, ConfigError, load_config
 from segdist.errors import DataError
 from segdist.models.encoders import read_state_dict
 from segdist.runs import checkpoints
 from segdist.runs.ema import model_weights
+from segdist.runs.run import recipe_checkpoint
 
 TORCH_FILES = (".pt", ".pth", ".bin", ".ckpt")
 SHOWN = 5  # names listed per kind in the report
@@ -77,29 +78,33 @@ def init_from(model: nn.Module, path: str | Path, arch: str, encoder: str) -> In
 
 
 def find_source(path: Path) -> Source:
-    """The weights file behind a run directory (its best checkpoint), a checkpoint directory or a file."""
+    """The weights file behind a run directory (its model.checkpoint), a checkpoint directory or a file."""
     if path.is_file():
         if path.suffix != ".safetensors" and path.suffix not in TORCH_FILES:
             raise DataError(f"model.init_from {path}: not a weights file (.safetensors, {', '.join(TORCH_FILES)}), "
                             f"a run directory or a checkpoint directory")
         return Source(path, None)
     if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        return _checkpoint_source(path, checkpoints.resolve(path, "best"))
+        config = _source_config(path)
+        return _checkpoint_source(config, checkpoints.resolve(path, recipe_checkpoint(path, config)))
     if (path / checkpoints.WEIGHTS_FILE).is_file():
         run_dir = path.parent.parent  # runs/NAME/checkpoints/<checkpoint>
-        return _checkpoint_source(run_dir if (run_dir / "config.yaml").is_file() else None,
-                                  checkpoints.resolve(path.parent.parent, str(path)))
+        config = _source_config(run_dir) if (run_dir / "config.yaml").is_file() else None
+        return _checkpoint_source(config, checkpoints.resolve(run_dir, str(path)))
     raise DataError(f"model.init_from {path}: no such run directory, checkpoint directory or weights file")
 
 
-def _checkpoint_source(run_dir: Path | None, checkpoint: Path) -> Source:
-    """A checkpoint's weights (its EMA when the run kept one, as load_run uses) and its run's model."""
-    if run_dir is None:
-        return Source(checkpoint / checkpoints.WEIGHTS_FILE, None)
+def _source_config(run_dir: Path) -> Config:
     try:
-        config = load_config(run_dir / "config.yaml")
+        return load_config(run_dir / "config.yaml")
     except ConfigError as exc:
         raise DataError(f"model.init_from: {run_dir / 'config.yaml'}: {exc}") from None
+
+
+def _checkpoint_source(config: Config | None, checkpoint: Path) -> Source:
+    """A checkpoint's weights (its EMA when the run kept one, as load_run uses) and its run's model."""
+    if config is None:
+        return Source(checkpoint / checkpoints.WEIGHTS_FILE, None)
     return Source(checkpoints.weights_file(checkpoint, config.train.ema_decay is not None),
                   (config.model.arch, config.model.encoder))
 
