@@ -98,7 +98,8 @@ def main() -> None:
     print(f"| pipeline | steps | val mIoU | {' | '.join(CLASSES)} |")
     print("|---|---:|---:|" + "---:|" * len(CLASSES))
     for label, r in results.items():
-        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in r["per_class_iou"]) + " |")
+        per_class = " | ".join(f"{v:.2f}" for v in r["per_class_iou"])
+        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | {per_class} |")
     saved.write_text(json.dumps(results, indent=1))
     print(f"(all figures in {saved})")
 

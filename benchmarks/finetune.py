@@ -75,10 +75,11 @@ def main() -> None:
     print(f"| start | steps | val mIoU | {' | '.join(CLASSES)} |")
     print("|---|---:|---:|" + "---:|" * len(CLASSES))
     for label, r in results.items():
-        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in r["per_class_iou"]) + " |")
+        per_class = " | ".join(f"{v:.2f}" for v in r["per_class_iou"])
+        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | {per_class} |")
     (work / "finetune.json").write_text(json.dumps(results, indent=1))
-    print(f"ratio (init_from / scratch val mIoU): {results['init_from COCO']['miou'] / results['from scratch']['miou']:.3f}"
-          f"; all figures in {work / 'finetune.json'}")
+    ratio = results["init_from COCO"]["miou"] / results["from scratch"]["miou"]
+    print(f"ratio (init_from / scratch val mIoU): {ratio:.3f}; all figures in {work / 'finetune.json'}")
 
 
 if __name__ == "__main__":

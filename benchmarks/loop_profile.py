@@ -38,7 +38,8 @@ PROCESS = re.compile(r"process (\d+):")
 def profile(cmd: list[str], out: Path, rate: int) -> Path:
     """Run `cmd` under py-spy (all subprocesses, not pausing them); the raw folded stacks."""
     beside = Path(sys.executable).with_name("py-spy")  # the venv's, when its bin/ is not on PATH
-    spy = str(beside) if beside.exists() else shutil.which("py-spy") or sys.exit("py-spy is missing: pip install py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    spy = spy or sys.exit("py-spy is missing: pip install py-spy")
     subprocess.run([spy, "record", "--subprocesses", "--nonblocking", "--rate", str(rate), "--format", "raw",
                     "--output", str(out), "--", *cmd], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)

@@ -101,7 +101,8 @@ def main() -> None:
         kwargs = {"decoder_channels": channels} if channels else {}
         params = sum(p.numel() for p in build_model(arch, encoder, 11, arch_kwargs=kwargs).parameters()) / 1e6
         fp32, bf16 = medians[name]["no"], medians[name]["bf16"]
-        print(f"| {name} | {params:.1f} | {60 / fp32:.0f} | {60 / bf16:.0f} | {base / fp32:.2f}x | {base / bf16:.2f}x |")
+        print(f"| {name} | {params:.1f} | {60 / fp32:.0f} | {60 / bf16:.0f} "
+              f"| {base / fp32:.2f}x | {base / bf16:.2f}x |")
     if args.out:
         args.out.write_text(json.dumps({"cpu": cpu_line(), "threads": args.threads, "seconds": seconds}, indent=1))
 

@@ -286,7 +286,8 @@ def conversion_profile(root: Path, work: Path, limit: int = 200) -> dict[str, fl
     cat_ids = [_coco.getCatIds(catNms=[name])[0] for name in CLASSES]
     task = ShardTask("train", 0, specs, work / "profile", len(CLASSES) + 1, 255, None)
     figures = {
-        "baseline": _cpu_ms(lambda s: _baseline_one((s.image_id, str(root / "train"), str(work / "profile"), cat_ids)), specs),
+        "baseline": _cpu_ms(
+            lambda s: _baseline_one((s.image_id, str(root / "train"), str(work / "profile"), cat_ids)), specs),
         "segdist": _cpu_ms(lambda t: run_shard_task(t, partial(coco.convert, opts=opts)), [task]) / len(specs),
         "  read and check the image (JPEG at 1/2)": _cpu_ms(lambda s: read_image(Path(s.path)), specs),
         "  paint the label map": _cpu_ms(lambda s: coco.render_label(s, opts), specs),

@@ -53,7 +53,8 @@ def launch(processes: int, accelerate: bool) -> list[str]:
     if processes == 1:
         return [sys.executable]
     if accelerate:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
+        return [sys.executable, "-m", "accelerate.commands.launch",
+                "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
                 "--num_processes", str(processes), "--main_process_port", str(29600 + os.getpid() % 300)]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_port", str(29900 + os.getpid() % 300)]

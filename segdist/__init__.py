@@ -20,5 +20,5 @@ from segdist.api import (evaluate, load_run, prepare_cityscapes, prepare_coco, p
                          verify)
 from segdist.version import __version__
 
-__all__ = ["__version__", "prepare_dataset", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train", "load_run",
-           "evaluate"]
+__all__ = ["__version__", "prepare_dataset", "prepare_coco", "prepare_cityscapes", "prepare_folder", "verify", "train",
+           "load_run", "evaluate"]

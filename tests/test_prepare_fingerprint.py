@@ -132,7 +132,8 @@ def _write_ade(root, rng) -> None:
         for kind in ("images", "annotations"):
             (root / "ade" / kind / split).mkdir(parents=True)
         for stem in ("ADE_1", "ADE_2"):
-            image, values = rng.integers(0, 255, (8, 12, 3), dtype=np.uint8), rng.integers(0, 151, (8, 12), dtype=np.uint8)
+            image = rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)
+            values = rng.integers(0, 151, (8, 12), dtype=np.uint8)
             Image.fromarray(image).save(root / f"ade/images/{split}/{stem}.jpg")
             Image.fromarray(values).save(root / f"ade/annotations/{split}/{stem}.png")
     shutil.copytree(root / "ade", root / "ade_copy")

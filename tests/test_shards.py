@@ -75,7 +75,8 @@ def test_prepare_against_an_existing_ray_cluster(synthetic_coco, tmp_path):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--memory=2000000000",
-         "--object-store-memory=200000000", "--include-dashboard=false", f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"],  # short: socket paths <= 107 bytes
+         "--object-store-memory=200000000", "--include-dashboard=false",
+         f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}"],  # short: socket paths <= 107 bytes
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

@@ -40,9 +40,9 @@ class EvalStream(IterableDataset):
             if isinstance(item, int):  # a shard range broke off: that many samples were not read
                 taken = skips.take()
                 reason = next(iter(taken["skipped"]), "truncated_shard")
+                shard = next(iter(taken["unavailable"]), "a shard")
                 for k in range(item):
-                    yield None, None, f"{next(iter(taken['unavailable']), 'a shard')} (sample {k + 1} of {item} lost)", \
-                        reason
+                    yield None, None, f"{shard} (sample {k + 1} of {item} lost)", reason
                 continue
             try:
                 image, label = decode(item, self.max_pixels)

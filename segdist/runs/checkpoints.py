@@ -9,8 +9,9 @@ never runs code (accelerate's `save_state`/`load_state` are not used: they unpic
 objects with `weights_only=False` and swallow a failure to restore the RNG states). All ranks first
 agree that their writes succeeded, then the main process checks that every rank's file is there,
 writes `segdist_complete.json` (the file list) and renames the directory into place. A directory
-without that file, or missing a file it lists, is incomplete: `--resume` and evaluation skip it. `checkpoints/best` is a symbolic link to a
-`best_<step>` directory, replaced by an atomic rename, so there is always a complete best model.
+without that file, or missing a file it lists, is incomplete: `--resume` and evaluation skip it.
+`checkpoints/best` is a symbolic link to a `best_<step>` directory, replaced by an atomic rename, so
+there is always a complete best model.
 """
 
 from __future__ import annotations

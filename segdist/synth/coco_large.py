@@ -66,7 +66,8 @@ def write_coco_like_train2017(out: Path, images: int = TRAIN2017_IMAGES, *, seed
     path = out / "annotations" / "instances_train.json"
     counts = {"images": images, "instances": 0, "crowd": 0, "image_files": 0}
     with open(path, "wb") as f:
-        f.write(b'{"info":' + json.dumps({"description": f"segdist synthetic COCO-train2017-like, seed {seed}"}).encode())
+        info = {"description": f"segdist synthetic COCO-train2017-like, seed {seed}"}
+        f.write(b'{"info":' + json.dumps(info).encode())
         f.write(b',"licenses":[],"images":' + msgspec.json.encode([_image_entry(seed, i) for i in range(images)]))
         f.write(b',"annotations":[')
         first = True

@@ -149,7 +149,7 @@ def confusion_png(confusion: np.ndarray, class_names: list[str], path: Path, tit
 
 
 def per_class_iou_png(metrics: dict, path: Path, title: str = "") -> None:
-    """Horizontal bars of per-class IoU (from metrics_from_confusion) with the mIoU as a line; NaN classes left empty."""
+    """Horizontal bars of per-class IoU (metrics_from_confusion's) with the mIoU as a line; NaN classes empty."""
     plt = _pyplot()
 
     names = list(metrics["per_class"])
