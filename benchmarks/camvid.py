@@ -30,6 +30,19 @@ CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", 
            "Bicyclist"]
 
 
+def per_class_cells(ious: list[float]) -> str:
+    """Per-class IoUs as markdown table cells: `0.81 | 0.45 | ...`."""
+    return " | ".join(f"{v:.2f}" for v in ious)
+
+
+def print_results(first_column: str, miou_column: str, results: dict) -> None:
+    """A markdown table of run_segdist-style results: label, steps, mIoU, per-class IoU."""
+    print(f"| {first_column} | steps | {miou_column} | {' | '.join(CLASSES)} |")
+    print("|---|---:|---:|" + "---:|" * len(CLASSES))
+    for label, r in results.items():
+        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | {per_class_cells(r['per_class_iou'])} |")
+
+
 def prepare(out: Path) -> None:
     for split, images, masks in (("train", "train", "trainannot"), ("val", "val", "valannot")):
         subprocess.run([sys.executable, "-m", "segdist", "prepare", "folder", "--images", str(CAMVID / images),
@@ -95,11 +108,7 @@ def main() -> None:
     if not args.skip_plain:
         results["plain loop"] = run_plain(args.minutes, work)
     print(f"\nCamVid val (101 images, 11 classes), {args.minutes:g} minutes of training on this machine:")
-    print(f"| pipeline | steps | val mIoU | {' | '.join(CLASSES)} |")
-    print("|---|---:|---:|" + "---:|" * len(CLASSES))
-    for label, r in results.items():
-        per_class = " | ".join(f"{v:.2f}" for v in r["per_class_iou"])
-        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | {per_class} |")
+    print_results("pipeline", "val mIoU", results)
     saved.write_text(json.dumps(results, indent=1))
     print(f"(all figures in {saved})")
 

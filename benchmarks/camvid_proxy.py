@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from camvid import CAMVID, CLASSES, REPO, score_last, train_for
+from camvid import CAMVID, CLASSES, REPO, per_class_cells, score_last, train_for
 
 HELD_OUT = "0006R0"  # the sequence the proxy validates on
 SPLITS = ("proxy", "old", "full")
@@ -83,7 +83,7 @@ def print_table(results: dict) -> None:
     for name, r in results.items():
         for tta, scored in r["scores"].items():
             print(f"| {name} | {r['split']} | {' '.join(r['overrides']) or '-'} | {r['steps']} | {r['minutes']:.1f} | "
-                  f"{tta} | {scored['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in scored["per_class_iou"]) + " |")
+                  f"{tta} | {scored['miou']:.3f} | {per_class_cells(scored['per_class_iou'])} |")
 
 
 def main() -> None:

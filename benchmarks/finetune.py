@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from camvid import CLASSES, REPO, prepare, run_segdist
+from camvid import REPO, prepare, print_results, run_segdist
 
 COCO = REPO.parent / "shared" / "data" / "coco-mini"
 RECIPE = REPO / "configs/camvid-cpu-50m.yaml"
@@ -72,11 +72,7 @@ def main() -> None:
     }
     print(f"\nCamVid val (101 images, 11 classes), {args.minutes:g} minutes each on 2 CPU processes; the COCO "
           f"run: {args.pretrain_minutes:g} minutes")
-    print(f"| start | steps | val mIoU | {' | '.join(CLASSES)} |")
-    print("|---|---:|---:|" + "---:|" * len(CLASSES))
-    for label, r in results.items():
-        per_class = " | ".join(f"{v:.2f}" for v in r["per_class_iou"])
-        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | {per_class} |")
+    print_results("start", "val mIoU", results)
     (work / "finetune.json").write_text(json.dumps(results, indent=1))
     ratio = results["init_from COCO"]["miou"] / results["from scratch"]["miou"]
     print(f"ratio (init_from / scratch val mIoU): {ratio:.3f}; all figures in {work / 'finetune.json'}")

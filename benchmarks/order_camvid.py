@@ -23,7 +23,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from camvid import CLASSES, REPO, prepare, run_segdist
+from camvid import REPO, prepare, print_results, run_segdist
 
 VARIANTS = {"order v2 (default)": (), "data.chunk=8": ("data.chunk=8",)}
 
@@ -53,11 +53,7 @@ def main() -> None:
         results = {label: train(label) for label in VARIANTS}
     how = "at once, half the machine each" if args.together else "back to back"
     print(f"\nCamVid val (101 images), {args.minutes:g}-minute budget each, {how}:")
-    print(f"| order | steps | val mIoU (flip TTA) | {' | '.join(CLASSES)} |")
-    print("|---|---:|---:|" + "---:|" * len(CLASSES))
-    for label, r in results.items():
-        print(f"| {label} | {r['steps']} | {r['miou']:.3f} | " + " | ".join(f"{v:.2f}" for v in r["per_class_iou"])
-              + " |")
+    print_results("order", "val mIoU (flip TTA)", results)
     (work / "order_camvid.json").write_text(json.dumps(results, indent=1))
 
 
